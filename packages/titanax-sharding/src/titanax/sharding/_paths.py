@@ -57,7 +57,8 @@ def _variable_types() -> tuple[type, ...]:
     nnx = sys.modules.get("flax.nnx")
     if nnx is None:
         return ()
-    found = [getattr(nnx, name, None) for name in ("Variable", "VariableState")]
+    # vars(), not getattr: newer Flax warns on the removed VariableState alias.
+    found = [vars(nnx).get(name) for name in ("Variable", "VariableState")]
     return tuple(t for t in found if isinstance(t, type))
 
 
