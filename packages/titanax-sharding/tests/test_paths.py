@@ -8,8 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from titanax.sharding import Rules, build_param_specs, path_str, tree_paths
-from titanax.sharding import tp_rules
+from titanax.sharding import Rules, build_param_specs, path_str, tp_rules, tree_paths
 
 
 class Moments(NamedTuple):
@@ -108,8 +107,12 @@ def test_linen_params_dict_paths_and_rules_under_the_prefix() -> None:
 
     variables = jax.eval_shape(Model().init, jax.random.key(0), np.zeros((1, 4), np.float32))
     paths = tree_paths(variables)
-    assert paths == ["params/Dense_0/bias", "params/Dense_0/kernel", "params/head/bias",
-                     "params/head/kernel"]  # fmt: skip
+    assert paths == [
+        "params/Dense_0/bias",
+        "params/Dense_0/kernel",
+        "params/head/bias",
+        "params/head/kernel",
+    ]
     specs = build_param_specs(variables, Rules({"head/kernel": jax.P(None, "tensor")}))
     assert specs["params"]["head"]["kernel"] == jax.P(None, "tensor")
     assert specs["params"]["Dense_0"]["kernel"] == jax.P()

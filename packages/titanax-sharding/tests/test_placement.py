@@ -71,8 +71,10 @@ def test_spec_problems_raise_before_device_put(mesh) -> None:  # type: ignore[no
         apply_named_sharding(tree, mesh, {"a": P("data"), "b": P(None, "tensor")})
     text = str(info.value)
     assert "apply_named_sharding found 2 problems" in text
-    assert "path 'a' with shape (3, 4): dim 0 has size 3, not divisible by mesh axis 'data' of "
-    "size 4 (spec P('data') from spec_tree)" in text
+    assert (
+        "path 'a' with shape (3, 4): dim 0 has size 3, not divisible by mesh axis 'data' of "
+        "size 4 (spec P('data') from spec_tree)"
+    ) in text
     assert "path 'b' with shape (4,) has rank 1, but spec P(None, 'tensor')" in text
 
 
@@ -85,7 +87,8 @@ def test_shape_dtype_structs_are_refused(mesh) -> None:  # type: ignore[no-untyp
 def test_abstract_state_carries_named_shardings(mesh) -> None:  # type: ignore[no-untyped-def]
     shapes = jax.eval_shape(lambda: {"w": jnp.zeros((8, 4), jnp.bfloat16), "n": jnp.int32(0)})
     out = abstract_state(shapes, mesh, {"w": P("data", "tensor"), "n": P()})
-    assert out["w"].shape == (8, 4) and out["w"].dtype == jnp.bfloat16
+    assert out["w"].shape == (8, 4)
+    assert out["w"].dtype == jnp.bfloat16
     assert out["w"].sharding == NamedSharding(mesh, P("data", "tensor"))
     assert out["n"].sharding == NamedSharding(mesh, P())
     # Sharded initialisation from the abstract state.
@@ -151,8 +154,11 @@ def test_constrain_inside_jit(make_mesh, axis_types) -> None:  # type: ignore[no
     np.testing.assert_array_equal(np.asarray(out), np.asarray(x) * 2.0 + 1.0)
     assert out.sharding.spec == P("data", "tensor")
     assert {s.data.shape for s in out.addressable_shards} == {(2, 4)}
-    explicit = [a for a, t in zip(("data", "tensor"), mesh.axis_types, strict=True)
-                if t == jax.sharding.AxisType.Explicit]  # fmt: skip
+    explicit = [
+        a
+        for a, t in zip(("data", "tensor"), mesh.axis_types, strict=True)
+        if t == jax.sharding.AxisType.Explicit
+    ]
     # Explicit axes are part of the traced type; Auto ones are only a constraint.
     assert tuple(a for e in seen[0] if e for a in ((e,) if isinstance(e, str) else e)) == tuple(
         explicit

@@ -1,4 +1,5 @@
-"""Plan: composition order, FSDP choice, ZeRO-1, validation (all problems at once), serialization."""
+"""Plan: composition order, FSDP choice, ZeRO-1, validation (all problems at once),
+serialization."""
 
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ def test_records_validate_on_construction(make: Any, message: str) -> None:
 
 
 def test_records_defaults_and_conversions() -> None:
-    assert DP().axis == "data" and FSDP().axis == "fsdp" and FSDP().min_size_bytes == 4096
+    assert DP().axis == "data"
+    assert FSDP().axis == "fsdp"
+    assert FSDP().min_size_bytes == 4096
     assert TP(rules={"a": ["tensor"]}).rules == Rules({"a": P("tensor")})
     assert PP(stages=2, microbatches=2, stacked="layers/*").stacked == ("layers/*",)
     assert Plan(rules={"a": P()}).rules == Rules({"a": P()})
@@ -230,8 +233,11 @@ def test_validate_collects_every_problem(make_mesh) -> None:  # type: ignore[no-
 
 def test_validate_microbatches_message_names_both_values(make_mesh) -> None:  # type: ignore[no-untyped-def]
     mesh = make_mesh(("pipeline", "data"), (4, 2))
-    plan = Plan(pipeline_parallel=PP("pipeline", stages=4, microbatches=2, schedule="interleaved",
-                                     virtual_stages=2))  # fmt: skip
+    plan = Plan(
+        pipeline_parallel=PP(
+            "pipeline", stages=4, microbatches=2, schedule="interleaved", virtual_stages=2
+        )
+    )
     with pytest.raises(
         ShardingError,
         match=re.escape(
@@ -271,7 +277,7 @@ def test_validate_virtual_stages_need_divisible_layers(make_mesh) -> None:  # ty
     plan = Plan(
         pipeline_parallel=PP(
             "pipeline", stages=2, microbatches=4, schedule="interleaved", virtual_stages=2
-        )  # fmt: skip
+        )
     )
     params = {"blocks": {"w": np.zeros((6, 4), np.float32)}}
     with pytest.raises(
@@ -338,7 +344,7 @@ def full_plan() -> Plan:
         tensor_parallel=TP("tensor", rules=tp_rules.gpt(stacked=True, pipeline_axis="pipeline")),
         pipeline_parallel=PP(
             "pipeline", stages=2, microbatches=4, schedule="interleaved", virtual_stages=2
-        ),  # fmt: skip
+        ),
         rules={"head/kernel": P(None, ("tensor", "fsdp"))},
         indivisible="replicate",
     )

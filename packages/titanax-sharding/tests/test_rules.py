@@ -83,8 +83,15 @@ def test_tie_is_reported_by_build_param_specs() -> None:
 
 
 def test_yaml_style_specs_are_normalized() -> None:
-    rules = Rules([("a", ["data", None]), ("b", [["data", "fsdp"], None]), ("c", None),
-                   ("d", (("x",),)), ("e", [[]])])  # fmt: skip
+    rules = Rules(
+        [
+            ("a", ["data", None]),
+            ("b", [["data", "fsdp"], None]),
+            ("c", None),
+            ("d", (("x",),)),
+            ("e", [[]]),
+        ]
+    )
     assert dict(rules.items()) == {
         "a": P("data", None),
         "b": P(("data", "fsdp"), None),
@@ -101,7 +108,8 @@ def test_rules_are_ordered_immutable_and_concatenate() -> None:
     b = Rules({"y": P(None, "t")})
     both = a | b
     assert both.patterns() == ("x", "y")
-    assert len(both) == 2 and list(both) == ["x", "y"]
+    assert len(both) == 2
+    assert list(both) == ["x", "y"]
     assert a | {"x": P("t")} == a  # same pattern, same spec: kept once
     assert hash(Rules({"x": ["t"]})) == hash(a)
     with pytest.raises(AttributeError, match="immutable"):
@@ -254,8 +262,10 @@ def test_indivisible_replicate_warns_once_per_path(mesh8, caplog) -> None:  # ty
     assert specs == {"w": P(None, None), "v": P("tensor", None), "ok": P("tensor")}
     records = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(records) == 1
-    assert "path 'w' with shape (17, 17): replicating dim 0 (size 17, mesh axis 'tensor' of " \
-        "size 8)" in records[0].getMessage()  # fmt: skip
+    assert (
+        "path 'w' with shape (17, 17): replicating dim 0 (size 17, mesh axis 'tensor' of "
+        "size 8)" in records[0].getMessage()
+    )
 
 
 def test_bad_indivisible_policy() -> None:
