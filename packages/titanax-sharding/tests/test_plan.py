@@ -3,8 +3,10 @@ serialization."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import pickle
 import re
 from typing import Any
 
@@ -357,6 +359,13 @@ def test_to_dict_round_trips_through_json() -> None:
     assert data["rules"] == [["head/kernel", [None, ["tensor", "fsdp"]]]]
     assert data["pipeline_parallel"]["stacked"] == ["blocks/*"]
     assert Plan.from_dict(Plan().to_dict()) == Plan()
+
+
+def test_plans_copy_and_pickle() -> None:
+    plan = full_plan()
+    assert copy.deepcopy(plan) == plan
+    assert pickle.loads(pickle.dumps(plan)) == plan
+    assert hash(plan) == hash(copy.deepcopy(plan))
 
 
 def test_fingerprint_is_stable_and_sensitive() -> None:

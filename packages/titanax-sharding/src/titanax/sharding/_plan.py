@@ -31,6 +31,7 @@ from titanax.sharding._layout import Layout, itemsize
 from titanax.sharding._parallelisms import DP, FSDP, PP, TP
 from titanax.sharding._paths import flatten_with_paths, leaf_shape_dtype
 from titanax.sharding._placement import _checked, _paired, shard_batch_specs
+from titanax.sharding._plan_dict import plan_fields_from_dict, plan_to_dict
 from titanax.sharding._rules import Rules, glob_specificity
 from titanax.sharding._specs import (
     Indivisible,
@@ -43,7 +44,6 @@ from titanax.sharding._specs import (
 
 __all__ = ["Plan"]
 
-_FORMAT = "titanax.sharding.Plan/1"
 _ONE_F_ONE_B = ("1f1b", "interleaved")
 
 
@@ -487,36 +487,14 @@ class Plan:
 
         ``Plan.from_dict(plan.to_dict()) == plan``.
         """
-        dp, fsdp, tp, pp = (
-            self.data_parallel,
-            self.fsdp,
-            self.tensor_parallel,
-            self.pipeline_parallel,
+        return plan_to_dict(
+            data_parallel=self.data_parallel,
+            fsdp=self.fsdp,
+            tensor_parallel=self.tensor_parallel,
+            pipeline_parallel=self.pipeline_parallel,
+            rules=self.rules,
+            indivisible=self.indivisible,
         )
-        return {
-            "format": _FORMAT,
-            "data_parallel": None
-            if dp is None
-            else {"axis": dp.axis, "accumulate_steps": dp.accumulate_steps},
-            "fsdp": None
-            if fsdp is None
-            else {"axis": fsdp.axis, "min_size_bytes": fsdp.min_size_bytes, "zero1": fsdp.zero1},
-            "tensor_parallel": None
-            if tp is None
-            else {"axis": tp.axis, "rules": tp.rules.to_list()},
-            "pipeline_parallel": None
-            if pp is None
-            else {
-                "axis": pp.axis,
-                "stages": pp.stages,
-                "microbatches": pp.microbatches,
-                "schedule": pp.schedule,
-                "virtual_stages": pp.virtual_stages,
-                "stacked": list(pp.stacked),
-            },
-            "rules": self.rules.to_list(),
-            "indivisible": self.indivisible,
-        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
@@ -527,64 +505,7 @@ class Plan:
         Raises:
           ShardingError: an unknown key, an unknown format, or a value a record rejects.
         """
-        if not isinstance(data, Mapping):
-            raise ShardingError(f"Plan.from_dict: expected a mapping, got {data!r}.")
-        known = {
-            "format",
-            "data_parallel",
-            "fsdp",
-            "tensor_parallel",
-            "pipeline_parallel",
-            "rules",
-            "indivisible",
-        }
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ShardingError(
-                f"Plan.from_dict: unknown keys {unknown}; expected some of {sorted(known)}."
-            )
-        fmt = data.get("format", _FORMAT)
-        if fmt != _FORMAT:
-            raise ShardingError(
-                f"Plan.from_dict: format {fmt!r} is not {_FORMAT!r}; this plan was written by "
-                "an incompatible titanax-sharding."
-            )
-        records: dict[str, Any] = {}
-        for key, kind in (
-            ("data_parallel", DP),
-            ("fsdp", FSDP),
-            ("tensor_parallel", TP),
-            ("pipeline_parallel", PP),
-        ):
-            section = data.get(key)
-            if section is None:
-                continue
-            if not isinstance(section, Mapping):
-                raise ShardingError(
-                    f"Plan.from_dict: {key} must be a mapping of {kind.__name__} fields, got "
-                    f"{section!r}."
-                )
-            fields = dict(section)
-            if kind is TP:
-                fields["rules"] = Rules(fields.get("rules", ()))
-            if kind is PP and "stacked" in fields:
-                fields["stacked"] = tuple(fields["stacked"])
-            names = {f.name for f in dataclasses.fields(kind)}
-            extra = sorted(set(fields) - names)
-            if extra:
-                raise ShardingError(
-                    f"Plan.from_dict: {key} has unknown fields {extra}; {kind.__name__} takes "
-                    f"{sorted(names)}."
-                )
-            try:
-                records[key] = kind(**fields)
-            except TypeError as err:
-                raise ShardingError(f"Plan.from_dict: {key}: {err}") from None
-        return cls(
-            **records,
-            rules=Rules(data.get("rules", ())),
-            indivisible=data.get("indivisible", "raise"),
-        )
+        return cls(**plan_fields_from_dict(data))
 
     def fingerprint(self) -> str:
         """SHA-256 hex digest of the canonical JSON of :meth:`to_dict` (stable across runs)."""

@@ -147,6 +147,9 @@ class Rules:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Rules is immutable; combine rules with `|`.")
 
+    def __reduce__(self) -> tuple[type[Rules], tuple[list[tuple[str, PartitionSpec]]]]:
+        return Rules, (list(self._items),)
+
     def items(self) -> tuple[tuple[str, PartitionSpec], ...]:
         """The ``(glob, PartitionSpec)`` pairs, in the order given."""
         return self._items
