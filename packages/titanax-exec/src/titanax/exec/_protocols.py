@@ -59,6 +59,11 @@ class CheckpointStore(Protocol):
         """The newest complete step, or ``None`` when there is none."""
         ...
 
+    def metadata(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON metadata saved with ``step`` (the latest complete one when ``None``), read
+        without loading any array — the Engine checks it before restoring."""
+        ...
+
     def wait(self) -> None:
         """Blocks until pending saves finished; raises the error of a failed one."""
         ...

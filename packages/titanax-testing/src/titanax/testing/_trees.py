@@ -64,9 +64,14 @@ def _compare(actual: Any, expected: Any, *, rtol: float, atol: float, exact: boo
             if a_np.dtype.kind in "fciu" and a_np.size:
                 diff = np.abs(a_np.astype(np.float64) - e_np.astype(np.float64))
                 scale = np.maximum(np.abs(e_np.astype(np.float64)), np.finfo(np.float64).tiny)
+                nans = int(np.sum(np.isnan(a_np) != np.isnan(e_np)))
+                finite = ~np.isnan(diff)
+                worst = float(diff[finite].max()) if finite.any() else float("nan")
+                worst_rel = float((diff / scale)[finite].max()) if finite.any() else float("nan")
                 failures.append(
-                    f"{path or '<root>'}: max |diff| {np.nanmax(diff):.3e}, max rel diff "
-                    f"{np.nanmax(diff / scale):.3e} (rtol={rtol}, atol={atol})"
+                    f"{path or '<root>'}: max |diff| {worst:.3e}, max rel diff "
+                    f"{worst_rel:.3e} (rtol={rtol}, atol={atol})"
+                    + (f", NaN in one tree only at {nans} element(s)" if nans else "")
                 )
             else:
                 failures.append(f"{path or '<root>'}: values differ")
