@@ -347,3 +347,22 @@ def test_metadata_json_file_is_plain_json(tmp_path: pathlib.Path) -> None:
         ckpt.save(1, {"a": jnp.ones(2)}, metadata={"config": {"lr": 3e-4}})
     text = (tmp_path / "ckpt" / "1" / "meta" / "metadata").read_text()
     assert json.loads(text)["config"] == {"lr": 3e-4}
+
+
+def test_checkpoints_written_by_plain_orbax_are_checked_too(
+    tmp_path: pathlib.Path, mesh: jax.sharding.Mesh
+) -> None:
+    # No titanax "tree" in the JSON: the strict check falls back to Orbax's own tree metadata.
+    root = tmp_path / "ckpt"
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(root, item_handlers=handlers) as manager:
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave({"w": jnp.ones((2, 3))}), meta=ocp.args.JsonSave({"x": 1})
+        )
+        manager.save(5, args=args)
+    with OrbaxCheckpointer(root) as ckpt:
+        with pytest.raises(CheckpointError, match=r"w: \[2, 3\] vs \[3, 2\]"):
+            ckpt.restore(5, abstract({"w": jnp.ones((3, 2))}, mesh))
+        restored, meta = ckpt.restore(5, abstract({"w": jnp.ones((2, 3))}, mesh))
+    assert meta == {"x": 1}
+    np.testing.assert_array_equal(np.asarray(restored["w"]), np.ones((2, 3)))

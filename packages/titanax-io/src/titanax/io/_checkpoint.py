@@ -92,16 +92,18 @@ class OrbaxCheckpointer:
       CheckpointError: ``keep`` or ``keep_every`` is not a positive int.
 
     Example:
+      >>> import tempfile
       >>> import jax, jax.numpy as jnp
       >>> from jax.sharding import NamedSharding, PartitionSpec as P
       >>> mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
       >>> state = {"w": jax.device_put(jnp.ones((8, 4)), NamedSharding(mesh, P("data")))}
-      >>> with OrbaxCheckpointer(tmp_path / "ckpt", keep=2) as ckpt:  # doctest: +SKIP
+      >>> with OrbaxCheckpointer(tempfile.mkdtemp(), keep=2) as ckpt:
       ...     ckpt.save(10, state, metadata={"data_position": 640})
-      ...     ckpt.wait()
-      ...     target = {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32,
-      ...                                         sharding=NamedSharding(mesh, P()))}
+      ...     replicated = NamedSharding(mesh, P())
+      ...     target = {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=replicated)}
       ...     restored, meta = ckpt.restore(None, target)  # latest step, now replicated
+      >>> restored["w"].sharding.spec, meta["step"], meta["data_position"]
+      (P(), 10, 640)
 
     References:
       ``orbax.checkpoint.CheckpointManager``; ``orbax.checkpoint.args.StandardRestore``.
@@ -327,10 +329,7 @@ class OrbaxCheckpointer:
         """
         self._check_open("metadata")
         step = self._resolve_step("OrbaxCheckpointer.metadata", step)
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
-        )
-        return dict(restored[_META])
+        return self._read_meta(step)
 
     def restore(
         self,
@@ -341,11 +340,13 @@ class OrbaxCheckpointer:
     ) -> tuple[Any, dict[str, Any]]:
         """Restores ``step`` (the latest complete one when ``None``) into ``target``'s layout.
 
-        Before any array is read, the saved tree (Orbax's metadata) is compared with
-        ``target``: by default every path must exist on both sides with the same shape and
-        dtype. With ``partial``, only target leaves whose path matches one of the globs are
-        read (those must match the checkpoint); the other target leaves are returned as given
-        and saved leaves outside the globs are ignored — both lists are logged at WARNING.
+        Before any array is read, the saved tree — the layout recorded in the step's JSON
+        metadata at save time (Orbax's tree metadata for checkpoints written otherwise) — is
+        compared with ``target``: by default every path must exist on both sides with the same
+        shape and dtype. With ``partial``, only target leaves whose path matches one of the
+        globs are read (those must match the checkpoint); the other target leaves are returned
+        as given and saved leaves outside the globs are ignored — both lists are logged at
+        WARNING.
 
         Args:
           step: a complete step, or ``None`` for the latest.
@@ -377,30 +378,40 @@ class OrbaxCheckpointer:
         api = f"OrbaxCheckpointer.restore(step={step})"
         abstract = _abstract_target(api, target)
         flat_abstract = flat_with_paths(abstract)
-        meta_tree = self._state_metadata_tree(step)
-        saved = saved_leaf_specs(meta_tree)
-        if partial is None:
-            wanted = {path: leaf_spec(leaf) for path, leaf in flat_abstract}
-            diff = diff_trees(saved, wanted)
-            if diff:
-                raise CheckpointError(
-                    f"{api} from {self._directory}: the checkpoint does not match the target "
-                    "tree (restores are strict):\n"
-                    + "\n".join(diff.lines())
-                    + "\nBuild the target like the saved state (same model and optimizer), or "
-                    'restore a subset with partial=("params/*", ...).'
-                )
-            restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    **{
-                        _STATE: ocp.args.StandardRestore(abstract),
-                        _META: ocp.args.JsonRestore(),
-                    }
-                ),
+        meta = self._read_meta(step)
+        if partial is not None:
+            meta_tree = self._state_metadata_tree(step)
+            from_orbax = saved_leaf_specs(meta_tree)
+            state = self._restore_partial(
+                api, step, target, flat_abstract, meta_tree, from_orbax, partial
             )
-            return restored[_STATE], dict(restored[_META])
-        return self._restore_partial(api, step, target, flat_abstract, meta_tree, saved, partial)
+            return state, meta
+        recorded = _recorded_tree(meta)
+        # A checkpoint not written by OrbaxCheckpointer has no recorded tree: ask Orbax (slower,
+        # it reads every array's metadata).
+        saved = (
+            recorded if recorded is not None else saved_leaf_specs(self._state_metadata_tree(step))
+        )
+        wanted = {path: leaf_spec(leaf) for path, leaf in flat_abstract}
+        diff = diff_trees(saved, wanted)
+        if diff:
+            raise CheckpointError(
+                f"{api} from {self._directory}: the checkpoint does not match the target "
+                "tree (restores are strict):\n"
+                + "\n".join(diff.lines())
+                + "\nBuild the target like the saved state (same model and optimizer), or "
+                'restore a subset with partial=("params/*", ...).'
+            )
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
+        )
+        return restored[_STATE], meta
+
+    def _read_meta(self, step: int) -> dict[str, Any]:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
+        )
+        return dict(restored[_META])
 
     def _restore_partial(
         self,
@@ -411,7 +422,7 @@ class OrbaxCheckpointer:
         meta_tree: Any,
         saved: Mapping[str, LeafSpec],
         partial: Sequence[str],
-    ) -> tuple[Any, dict[str, Any]]:
+    ) -> Any:
         if isinstance(partial, str) or not all(isinstance(g, str) for g in partial):
             raise CheckpointError(
                 f"{api}: partial={partial!r} must be a sequence of glob strings such as "
@@ -471,10 +482,20 @@ class OrbaxCheckpointer:
             by_path[p] if p in chosen else leaf
             for (p, _), leaf in zip(flat_abstract, leaves, strict=True)
         ]
-        meta = self._manager.restore(
-            step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
-        )[_META]
-        return jax.tree_util.tree_unflatten(treedef, new_leaves), dict(meta)
+        return jax.tree_util.tree_unflatten(treedef, new_leaves)
+
+
+def _recorded_tree(meta: Mapping[str, Any]) -> dict[str, LeafSpec] | None:
+    """The ``tree`` layout :class:`OrbaxCheckpointer` wrote into the step's JSON, if valid."""
+    tree = meta.get("tree")
+    if not isinstance(tree, Mapping):
+        return None
+    try:
+        return {
+            str(p): (tuple(int(d) for d in v["shape"]), str(v["dtype"])) for p, v in tree.items()
+        }
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _abstract_target(api: str, target: Any) -> Any:

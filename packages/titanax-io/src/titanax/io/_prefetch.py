@@ -229,10 +229,14 @@ def prefetch_to_device(
       DataError: ``size`` is not a positive int, or ``sharding_fn`` is not callable.
 
     Example:
+      >>> import numpy as np
+      >>> from jax.sharding import NamedSharding, PartitionSpec as P
+      >>> from titanax.io import ShardedLoader
       >>> mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
       >>> loader = ShardedLoader({"x": np.zeros((64, 4))}, global_batch_size=16, seed=0)
-      >>> batches = prefetch_to_device(loader, 2, lambda b: NamedSharding(mesh, P("data")))
-      >>> next(batches)["x"].sharding.spec  # doctest: +SKIP
-      PartitionSpec('data',)
+      >>> with prefetch_to_device(loader, 2, NamedSharding(mesh, P("data"))) as batches:
+      ...     batch = next(batches)
+      >>> batch["x"].sharding.spec, batch["x"].shape, batches.position
+      (P('data',), (16, 4), 16)
     """
     return DevicePrefetcher(iterator, size, sharding_fn)
