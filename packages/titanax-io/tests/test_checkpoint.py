@@ -246,6 +246,11 @@ def test_no_checkpoint_and_existing_step_errors(
             ckpt.save(4, {"a": jnp.ones(2)}, metadata={})
         with pytest.raises(CheckpointError, match=r"step=-1 must be a non-negative int"):
             ckpt.save(-1, {"a": jnp.ones(2)}, metadata={})
+        (tmp_path / "ckpt" / "6").mkdir()
+        with pytest.raises(
+            CheckpointError, match=r"ckpt/6 exists but is not a complete checkpoint"
+        ):
+            ckpt.save(6, {"a": jnp.ones(2)}, metadata={})
 
 
 @pytest.mark.parametrize(

@@ -232,6 +232,12 @@ class OrbaxCheckpointer:
                 f"{self.all_steps()}). Checkpoints are never overwritten; save under a new step "
                 "or delete the old directory."
             )
+        if (self._directory / str(step)).exists():
+            raise CheckpointError(
+                f"{api}: {self._directory / str(step)} exists but is not a complete checkpoint "
+                f"(no {COMMIT_MARKER}): an interrupted or foreign write. Remove it, or save under "
+                "another step."
+            )
         record = build_metadata(step, state, metadata if metadata is not None else {})
         args = ocp.args.Composite(
             **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(record)}
