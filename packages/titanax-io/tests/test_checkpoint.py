@@ -18,7 +18,12 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from titanax.io import CheckpointError, CheckpointSaveError, OrbaxCheckpointer
+from titanax.io import (
+    CheckpointError,
+    CheckpointSaveError,
+    OrbaxCheckpointer,
+    validate_checkpoint_compatibility,
+)
 from titanax.testing import assert_trees_equal
 
 
@@ -112,8 +117,12 @@ def test_metadata_and_saved_tree_without_arrays(
 ) -> None:
     with OrbaxCheckpointer(tmp_path / "ckpt", async_save=False) as ckpt:
         ckpt.save(3, device_state(mesh, 3), metadata={"optimizer_fingerprint": "adam"})
-        assert ckpt.metadata()["optimizer_fingerprint"] == "adam"
+        meta = ckpt.metadata()
+        assert meta["optimizer_fingerprint"] == "adam"
         assert ckpt.saved_tree(3)["rngs/dropout"] == ((2,), "uint32")
+    # An optimizer change is caught from the metadata alone, before any array is read.
+    with pytest.raises(CheckpointError, match=r"incompatible fields: \['optimizer_fingerprint'\]"):
+        validate_checkpoint_compatibility(meta, None, None, optimizer_fingerprint="sgd")
 
 
 def test_arrays_may_be_donated_once_save_returns(
@@ -371,3 +380,47 @@ def test_checkpoints_written_by_plain_orbax_are_checked_too(
         restored, meta = ckpt.restore(5, abstract({"w": jnp.ones((2, 3))}, mesh))
     assert meta == {"x": 1}
     np.testing.assert_array_equal(np.asarray(restored["w"]), np.ones((2, 3)))
+
+
+def test_stacked_layers_restore_across_pipeline_stage_counts(
+    tmp_path: pathlib.Path, make_mesh: Callable[..., jax.sharding.Mesh]
+) -> None:
+    from titanax.sharding import PP, TP, Plan, abstract_state, tp_rules
+
+    rng = np.random.default_rng(8)
+    params = {
+        "embed": {"embedding": rng.standard_normal((16, 8), dtype=np.float32)},
+        "blocks": {  # stacked layout: a leading [n_layers] dim on every block leaf
+            "attn": {"q": {"kernel": rng.standard_normal((4, 8, 8), dtype=np.float32)}},
+            "mlp": {"down": {"kernel": rng.standard_normal((4, 16, 8), dtype=np.float32)}},
+            "ln1": {"scale": rng.standard_normal((4, 8), dtype=np.float32)},
+        },
+    }
+
+    def layout(stages: int, mesh: jax.sharding.Mesh) -> Any:
+        plan = Plan(
+            pipeline_parallel=PP("pipeline", stages=stages, microbatches=4),
+            tensor_parallel=TP(
+                "tensor", rules=tp_rules.gpt(stacked=True, pipeline_axis="pipeline")
+            ),
+        )
+        return abstract_state(params, mesh, plan.param_specs(params, mesh))
+
+    four_stages = layout(4, make_mesh(("pipeline", "tensor"), (4, 2)))
+    saved = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), params, four_stages)
+    assert saved["blocks"]["attn"]["q"]["kernel"].sharding.spec == P("pipeline", None, "tensor")
+    two_stages = layout(2, make_mesh(("data", "pipeline", "tensor"), (2, 2, 2)))
+    with OrbaxCheckpointer(tmp_path / "ckpt", async_save=False) as ckpt:
+        ckpt.save(1, {"params": saved}, metadata={})
+        restored, _ = ckpt.restore(1, {"params": two_stages})
+    for got, want, target in zip(
+        jax.tree.leaves(restored["params"]),
+        jax.tree.leaves(params),
+        jax.tree.leaves(two_stages),
+        strict=True,
+    ):
+        assert got.sharding == target.sharding
+        np.testing.assert_array_equal(np.asarray(got), want)
+    # Two layers per stage now: each pipeline shard holds layers [0, 1] or [2, 3].
+    kernel = restored["params"]["blocks"]["attn"]["q"]["kernel"]
+    assert {s.data.shape for s in kernel.addressable_shards} == {(2, 8, 4)}
