@@ -12,7 +12,7 @@ import pytest
 
 from titanax.models import CNNConfig, MLPConfig, ModelError, cnn_apply, cnn_init
 
-CONFIG = CNNConfig(image_size=8, channels=(2, 3), num_classes=4, hidden=5)
+CONFIG = CNNConfig(image_size=8, channels=(8, 16), num_classes=4, hidden=5)
 
 
 @pytest.mark.parametrize(
@@ -38,15 +38,6 @@ def test_defaults_and_feature_sizes() -> None:
     assert CNNConfig().feature_size == 2 * 2 * 32  # 8 -> 4 -> 2
     assert CNNConfig(image_size=28).feature_size == 7 * 7 * 32  # 28 -> 14 -> 7
     assert CNNConfig(image_size=7, channels=(4, 4)).feature_size == 1 * 1 * 4  # 7 -> 3 -> 1
-
-
-def test_init_values(fast_jit: Any) -> None:
-    config = CNNConfig(image_size=8, channels=(8, 16), hidden=32)
-    params = fast_jit(lambda k: cnn_init(config, k))(jax.random.key(0))
-    # LeCun normal: std 1/sqrt(fan_in), fan_in = 3 * 3 * c_in
-    np.testing.assert_allclose(np.std(params["conv"][1]["kernel"]), 1 / np.sqrt(72), rtol=0.1)
-    np.testing.assert_allclose(np.std(params["dense"][0]["kernel"]), 1 / np.sqrt(64), rtol=0.1)
-    np.testing.assert_array_equal(params["conv"][0]["bias"], np.zeros(8))
 
 
 def test_init_paths_and_shapes() -> None:
@@ -87,15 +78,37 @@ def np_cnn(params: Any, images: np.ndarray) -> np.ndarray:
     return x @ np.asarray(d1["kernel"]) + np.asarray(d1["bias"])
 
 
-def test_apply_matches_numpy(fast_jit: Any) -> None:
-    rng = np.random.default_rng(0)
-    shapes = jax.eval_shape(lambda k: cnn_init(CONFIG, k), jax.random.key(0))
-    params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32) * 0.5, shapes)
-    images = rng.uniform(size=(3, 8, 8, 1)).astype(np.float32)
-    logits = fast_jit(functools.partial(cnn_apply, config=CONFIG))(params, images)
+@pytest.fixture(scope="module")
+def run(fast_jit: Any) -> dict[str, Any]:
+    """One compiled program: init, then the forward on the init shifted by 0.1."""
+    images = np.random.default_rng(0).uniform(size=(3, 8, 8, 1)).astype(np.float32)
+
+    @fast_jit
+    def program(key: jax.Array, images: jax.Array) -> dict[str, Any]:
+        params = cnn_init(CONFIG, key)
+        shifted = jax.tree.map(lambda a: a + 0.1, params)  # non-zero biases for the reference
+        return {
+            "params": params,
+            "shifted": shifted,
+            "logits": cnn_apply(shifted, images, config=CONFIG),
+        }
+
+    return {"images": images, **jax.tree.map(np.asarray, program(jax.random.key(0), images))}
+
+
+def test_init_values(run: dict[str, Any]) -> None:
+    params = run["params"]
+    # LeCun normal: std 1/sqrt(fan_in), fan_in = 3 * 3 * c_in or d_in
+    np.testing.assert_allclose(np.std(params["conv"][1]["kernel"]), 1 / np.sqrt(72), rtol=0.1)
+    np.testing.assert_allclose(np.std(params["dense"][0]["kernel"]), 1 / np.sqrt(64), rtol=0.1)
+    np.testing.assert_array_equal(params["conv"][0]["bias"], np.zeros(8))
+
+
+def test_apply_matches_numpy(run: dict[str, Any]) -> None:
+    logits = run["logits"]
     assert logits.shape == (3, 4)
-    assert logits.dtype == jnp.float32
-    np.testing.assert_allclose(logits, np_cnn(params, images), rtol=1e-5, atol=1e-5)
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, np_cnn(run["shifted"], run["images"]), rtol=1e-5, atol=1e-5)
 
 
 def test_apply_errors() -> None:
@@ -105,9 +118,11 @@ def test_apply_errors() -> None:
         ModelError, match=r"images have shape \(3, 8, 8\), expected \[batch, 8, 8, 1"
     ):
         jax.eval_shape(apply, params, jax.ShapeDtypeStruct((3, 8, 8), jnp.float32))
-    other = CNNConfig(image_size=8, channels=(2, 4), num_classes=4, hidden=5)
+    other = CNNConfig(image_size=8, channels=(8, 4), num_classes=4, hidden=5)
     with pytest.raises(
-        ModelError, match=r"cnn_apply: parameter conv/1/kernel has shape \(3, 3, 2,"
+        ModelError,
+        match=r"cnn_apply: parameter conv/1/kernel has shape \(3, 3, 8, 16\), "
+        r"expected \(3, 3, 8, 4\)",
     ):
         jax.eval_shape(
             functools.partial(cnn_apply, config=other),

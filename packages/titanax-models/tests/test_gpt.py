@@ -185,14 +185,18 @@ def test_init_values_and_dtype(params: dict[str, Any]) -> None:
 
 
 def test_stacked_init_equals_the_layer_list(
-    params: dict[str, Any], stacked: dict[str, Any]
+    params: dict[str, Any], stacked: dict[str, Any], fast_jit: FastJit
 ) -> None:
     for i in range(CONFIG.n_layers):
         assert_trees_equal(_layer(stacked["blocks"], i), params["blocks"][i])
-    restacked = stack_blocks(params)
+    restacked, unstacked = fast_jit(lambda p, s: (stack_blocks(p), unstack_blocks(s)))(
+        params, stacked
+    )
     assert_trees_equal(restacked, stacked)
-    assert_trees_equal(unstack_blocks(restacked), params)
-    assert restacked["embed"] is params["embed"]  # non-block entries are passed through
+    assert_trees_equal(unstacked, params)
+    tiny = {"blocks": [{"w": np.zeros(2)}, {"w": np.ones(2)}], "other": object()}
+    assert stack_blocks(tiny)["other"] is tiny["other"]  # non-block entries are passed through
+    np.testing.assert_array_equal(stack_blocks(tiny)["blocks"]["w"], [[0, 0], [1, 1]])
 
 
 # ---- forward ----
@@ -229,7 +233,7 @@ def test_matches_the_numpy_reference(
 
 
 def test_causal_masking(params: dict[str, Any], tokens: jax.Array, apply: Any) -> None:
-    changed = np.array(tokens)
+    changed = np.array(tokens)  # int32, like tokens: the same compiled program
     changed[:, 5] = (changed[:, 5] + 1) % CONFIG.vocab_size
     before = apply(params, tokens, config=CONFIG)
     after = apply(params, changed, config=CONFIG)

@@ -380,8 +380,10 @@ def gpt_apply(
     Example:
       >>> config = GPTConfig(vocab_size=64, seq_len=16, d_model=32, n_heads=4, n_layers=2)
       >>> params = gpt_init(config, jax.random.key(0))
-      >>> gpt_apply(params, jnp.zeros((2, 16), jnp.int32), config=config).shape
-      (2, 16, 64)
+      >>> apply = jax.jit(gpt_apply, static_argnames=("config", "train", "compute_dtype"))
+      >>> logits = apply(params, jnp.zeros((2, 16), jnp.int32), config=config)
+      >>> logits.shape, logits.dtype
+      ((2, 16, 64), dtype('float32'))
     """
     api = "gpt_apply"
     dtype = resolve_dtype(api, compute_dtype)

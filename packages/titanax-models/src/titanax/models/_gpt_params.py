@@ -135,8 +135,11 @@ def gpt_init(
 
     Example:
       >>> config = GPTConfig(vocab_size=64, seq_len=16, d_model=32, n_heads=4, n_layers=2)
-      >>> params = gpt_init(config, jax.random.key(0), stacked=True)
-      >>> params["blocks"]["attn"]["q"]["kernel"].shape
+      >>> params = gpt_init(config, jax.random.key(0))
+      >>> params["blocks"][1]["attn"]["q"]["kernel"].shape
+      (32, 32)
+      >>> shapes = jax.eval_shape(lambda k: gpt_init(config, k, stacked=True), jax.random.key(0))
+      >>> shapes["blocks"]["attn"]["q"]["kernel"].shape  # abstract: nothing is computed
       (2, 32, 32)
     """
     if not isinstance(config, GPTConfig):

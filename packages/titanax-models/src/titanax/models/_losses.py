@@ -72,7 +72,7 @@ def cross_entropy(
 
     Example:
       >>> logits = jnp.zeros((2, 3, 5)); labels = jnp.zeros((2, 3), jnp.int32)
-      >>> s, n = cross_entropy(logits, labels)
+      >>> s, n = jax.jit(cross_entropy)(logits, labels)
       >>> round(float(s / n), 4)  # log(5)
       1.6094
     """
