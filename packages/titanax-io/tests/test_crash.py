@@ -47,7 +47,10 @@ HELPER = HOST_STATE + textwrap.dedent(
     """
     import json, os, select, signal, sys, time
     import jax
-    import titanax.io  # imports Orbax too; no JAX backend is started before fork()
+    import titanax.io
+    # `import titanax.io` stays light: Orbax, matplotlib and tensorboardX load on first use.
+    assert not {"orbax.checkpoint", "matplotlib", "tensorboardX"} & set(sys.modules)
+    import orbax.checkpoint  # preload for the children; no JAX backend starts before fork()
 
     root, delays = sys.argv[1], json.loads(sys.argv[2])
 

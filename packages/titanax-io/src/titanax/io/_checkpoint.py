@@ -17,7 +17,6 @@ from types import TracebackType
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
 
 from titanax.io._errors import CheckpointError, CheckpointSaveError
 from titanax.io._metadata import build_metadata
@@ -33,7 +32,16 @@ _STATE = "state"
 _META = "meta"
 
 
+def orbax_checkpoint() -> Any:
+    """``orbax.checkpoint``, imported on first use (``import titanax.io`` stays light for
+    processes that only log metrics or read data)."""
+    import orbax.checkpoint
+
+    return orbax.checkpoint
+
+
 def _item_handlers() -> dict[str, Any]:
+    ocp = orbax_checkpoint()
     return {_STATE: ocp.StandardCheckpointHandler(), _META: ocp.JsonCheckpointHandler()}
 
 
@@ -117,6 +125,7 @@ class OrbaxCheckpointer:
         keep_every: int | None = None,
         async_save: bool = True,
     ) -> None:
+        ocp = orbax_checkpoint()
         self._keep = _check_count("keep", keep, allow_none=True)
         self._keep_every = _check_count("keep_every", keep_every, allow_none=True)
         if not isinstance(async_save, bool):
@@ -239,6 +248,7 @@ class OrbaxCheckpointer:
                 "another step."
             )
         record = build_metadata(step, state, metadata if metadata is not None else {})
+        ocp = orbax_checkpoint()
         args = ocp.args.Composite(
             **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(record)}
         )
@@ -408,12 +418,14 @@ class OrbaxCheckpointer:
                 + "\nBuild the target like the saved state (same model and optimizer), or "
                 'restore a subset with partial=("params/*", ...).'
             )
+        ocp = orbax_checkpoint()
         restored = self._manager.restore(
             step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
         )
         return restored[_STATE], meta
 
     def _read_meta(self, step: int) -> dict[str, Any]:
+        ocp = orbax_checkpoint()
         restored = self._manager.restore(
             step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
         )
@@ -464,6 +476,8 @@ class OrbaxCheckpointer:
             len(ignored),
             ignored[:50],
         )
+
+        ocp = orbax_checkpoint()
 
         def item_leaf(key_path: Any, leaf: Any) -> Any:
             return chosen.get(path_str(key_path), ocp.PLACEHOLDER)

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import orbax.checkpoint as ocp
 
+from titanax.io._checkpoint import orbax_checkpoint
 from titanax.io._errors import CheckpointError
 from titanax.io._paths import flat_with_paths, format_shape
 from titanax.io._steps import committed_steps, is_committed, uncommitted_entries
@@ -169,6 +169,7 @@ def inspect_checkpoint(path: str | os.PathLike[str], *, step: int | None = None)
         raise CheckpointError(
             f"{where}: {step_dir} has no 'state' item; it was not written by OrbaxCheckpointer."
         )
+    ocp = orbax_checkpoint()
     handler = ocp.StandardCheckpointHandler()
     try:
         tree = handler.metadata(state_dir).tree
