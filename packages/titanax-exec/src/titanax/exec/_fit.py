@@ -189,8 +189,12 @@ class FitLoop:
                         profiling = False
                     last = step_number == self.steps
                     if step_number % self.log_every == 0 or last:
-                        stacked = {k: jnp.stack([m[k] for m in buffer]) for k in buffer[0]}
-                        host = jax.device_get(stacked)  # the one transfer of this window
+                        keys = list(buffer[0])
+                        window = jnp.stack(  # [metrics, steps]: one device-to-host transfer
+                            [jnp.stack([m[k] for m in buffer]).astype(jnp.float32) for k in keys]
+                        )
+                        fetched = np.asarray(jax.device_get(window))
+                        host = {k: fetched[i] for i, k in enumerate(keys)}
                         now = time.perf_counter()
                         n = step_number - last_step
                         elapsed = now - last_time

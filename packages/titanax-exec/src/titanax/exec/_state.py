@@ -297,23 +297,23 @@ class TrainState:
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         updates, opt_state = self.tx.update(grads, self.opt_state, params)
         new_params = optax.apply_updates(params, updates)
+        skip = self.precision.dynamic_scaling or self.context.skip_nonfinite
+        if not skip:  # nothing depends on finiteness: no extra pass over the gradients
+            return dataclasses.replace(
+                self, params=new_params, opt_state=opt_state, step=self.step + 1, **changes
+            )
         finite = _all_finite(grads)
         if self.context.view == "per_device":
             manual = tuple(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
             if manual:  # the same decision on every device
                 finite = lax.pmin(finite.astype(jnp.int32), manual).astype(bool)
-        skip = self.precision.dynamic_scaling or self.context.skip_nonfinite
-        if skip:
-            new_params = _select(finite, new_params, params)
-            opt_state = _select(finite, opt_state, self.opt_state)
         return dataclasses.replace(
             self,
-            params=new_params,
-            opt_state=opt_state,
+            params=_select(finite, new_params, params),
+            opt_state=_select(finite, opt_state, self.opt_state),
             step=self.step + 1,
             loss_scale=self.precision.update_loss_scale(self.loss_scale, finite),
-            skipped=self.skipped
-            + jnp.where(jnp.logical_and(skip, ~finite), 1, 0).astype(jnp.int32),
+            skipped=self.skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
             **changes,
         )
 
