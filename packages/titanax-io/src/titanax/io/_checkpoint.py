@@ -22,7 +22,14 @@ from titanax.io._errors import CheckpointError, CheckpointSaveError
 from titanax.io._metadata import build_metadata
 from titanax.io._paths import flat_with_paths, matches_any, path_str
 from titanax.io._steps import COMMIT_MARKER, committed_steps, uncommitted_entries
-from titanax.io._tree_diff import LeafSpec, diff_trees, leaf_spec
+from titanax.io._tree_diff import (
+    LeafSpec,
+    abstract_target,
+    diff_trees,
+    leaf_spec,
+    recorded_tree,
+    saved_leaf_specs,
+)
 
 __all__ = ["OrbaxCheckpointer"]
 
@@ -60,11 +67,6 @@ def _check_step(api: str, step: object) -> int:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CheckpointError(f"{api}: step={step!r} must be a non-negative int.")
     return int(step)
-
-
-def saved_leaf_specs(tree_metadata: Any) -> dict[str, LeafSpec]:
-    """``{path: (shape, dtype)}`` of an Orbax metadata tree (nested dicts and lists)."""
-    return {path: leaf_spec(leaf) for path, leaf in flat_with_paths(tree_metadata)}
 
 
 class OrbaxCheckpointer:
@@ -392,7 +394,7 @@ class OrbaxCheckpointer:
         self._finish_pending("restore")
         step = self._resolve_step(api, step)
         api = f"OrbaxCheckpointer.restore(step={step})"
-        abstract = _abstract_target(api, target)
+        abstract = abstract_target(api, target)
         flat_abstract = flat_with_paths(abstract)
         meta = self._read_meta(step)
         if partial is not None:
@@ -402,7 +404,7 @@ class OrbaxCheckpointer:
                 api, step, target, flat_abstract, meta_tree, from_orbax, partial
             )
             return state, meta
-        recorded = _recorded_tree(meta)
+        recorded = recorded_tree(meta)
         # A checkpoint not written by OrbaxCheckpointer has no recorded tree: ask Orbax (slower,
         # it reads every array's metadata).
         saved = (
@@ -503,45 +505,3 @@ class OrbaxCheckpointer:
             for (p, _), leaf in zip(flat_abstract, leaves, strict=True)
         ]
         return jax.tree_util.tree_unflatten(treedef, new_leaves)
-
-
-def _recorded_tree(meta: Mapping[str, Any]) -> dict[str, LeafSpec] | None:
-    """The ``tree`` layout :class:`OrbaxCheckpointer` wrote into the step's JSON, if valid."""
-    tree = meta.get("tree")
-    if not isinstance(tree, Mapping):
-        return None
-    try:
-        return {
-            str(p): (tuple(int(d) for d in v["shape"]), str(v["dtype"])) for p, v in tree.items()
-        }
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _abstract_target(api: str, target: Any) -> Any:
-    """``target`` with every leaf as ``jax.ShapeDtypeStruct(shape, dtype, sharding=...)``."""
-    problems: list[str] = []
-
-    def to_abstract(path: str, leaf: Any) -> Any:
-        shape = getattr(leaf, "shape", None)
-        dtype = getattr(leaf, "dtype", None)
-        sharding = getattr(leaf, "sharding", None)
-        if shape is None or dtype is None or not isinstance(sharding, jax.sharding.Sharding):
-            kind = type(leaf).__name__
-            what = "no shape/dtype" if shape is None or dtype is None else "no sharding"
-            problems.append(f"{path or '<root>'} ({kind}, {what})")
-            return leaf
-        return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
-
-    flat = flat_with_paths(target)
-    leaves, treedef = jax.tree_util.tree_flatten(target)
-    new = [to_abstract(p, leaf) for (p, _), leaf in zip(flat, leaves, strict=True)]
-    if problems:
-        raise CheckpointError(
-            f"{api}: every target leaf must be a jax.ShapeDtypeStruct or jax.Array with a "
-            "sharding (the layout to restore into; P() for scalars and replicated leaves), "
-            f"but {len(problems)} are not: {problems[:20]}. Build the target with "
-            "titanax.sharding.abstract_state(shapes, mesh, plan.param_specs(...)) or "
-            "jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))."
-        )
-    return jax.tree_util.tree_unflatten(treedef, new)

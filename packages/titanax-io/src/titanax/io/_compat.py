@@ -20,7 +20,7 @@ import jax
 from titanax.io._errors import CheckpointError
 from titanax.io._metadata import FORMAT_VERSION, library_versions
 from titanax.io._paths import flat_with_paths, format_shape
-from titanax.io._tree_diff import LeafSpec, diff_trees, leaf_spec
+from titanax.io._tree_diff import diff_trees, leaf_spec, recorded_tree
 from titanax.mesh import MeshSpec
 
 __all__ = ["Change", "CompatibilityReport", "validate_checkpoint_compatibility"]
@@ -252,10 +252,11 @@ def _plan_changes(meta: Mapping[str, Any], plan: Any) -> list[Change]:
     return out
 
 
-def _tree_changes(saved_tree: Any, target: Any) -> list[Change]:
+def _tree_changes(metadata: Mapping[str, Any], target: Any) -> list[Change]:
     if target is None:
         return []
-    if not isinstance(saved_tree, Mapping):
+    saved = recorded_tree(metadata)
+    if saved is None:
         return [
             Change(
                 field="tree",
@@ -265,9 +266,6 @@ def _tree_changes(saved_tree: Any, target: Any) -> list[Change]:
                 note="layout not recorded; the strict restore still checks it",
             )
         ]
-    saved: dict[str, LeafSpec] = {
-        p: (tuple(int(d) for d in v["shape"]), str(v["dtype"])) for p, v in saved_tree.items()
-    }
     wanted = {p: leaf_spec(leaf) for p, leaf in flat_with_paths(target)}
     diff = diff_trees(saved, wanted)
     out = []
@@ -386,7 +384,7 @@ def validate_checkpoint_compatibility(
                 note="not recorded",
             )
         )
-    changes += _tree_changes(metadata.get("tree"), target)
+    changes += _tree_changes(metadata, target)
     version = metadata.get("format_version")
     if isinstance(version, int) and version > FORMAT_VERSION:
         changes.append(

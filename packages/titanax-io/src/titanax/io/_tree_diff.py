@@ -1,4 +1,4 @@
-"""Leaf-by-leaf comparison of a saved tree layout with a target tree, as readable lines."""
+"""Target trees for restores: their checks, and their leaf-by-leaf comparison with a saved tree."""
 
 from __future__ import annotations
 
@@ -6,11 +6,21 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
-from titanax.io._paths import format_shape
+from titanax.io._errors import CheckpointError
+from titanax.io._paths import flat_with_paths, format_shape
 
-__all__ = ["LeafSpec", "TreeDiff", "diff_trees"]
+__all__ = [
+    "LeafSpec",
+    "TreeDiff",
+    "abstract_target",
+    "diff_trees",
+    "leaf_spec",
+    "recorded_tree",
+    "saved_leaf_specs",
+]
 
 LeafSpec = tuple[tuple[int, ...], str]
 """``(shape, dtype name)`` of one leaf."""
@@ -92,3 +102,51 @@ def diff_trees(saved: Mapping[str, LeafSpec], target: Mapping[str, LeafSpec]) ->
         shape_changes=shapes,
         dtype_changes=dtypes,
     )
+
+
+def saved_leaf_specs(tree_metadata: Any) -> dict[str, LeafSpec]:
+    """``{path: (shape, dtype)}`` of an Orbax metadata tree (nested dicts and lists)."""
+    return {path: leaf_spec(leaf) for path, leaf in flat_with_paths(tree_metadata)}
+
+
+def recorded_tree(meta: Mapping[str, Any]) -> dict[str, LeafSpec] | None:
+    """``{path: (shape, dtype)}`` from the ``tree`` key of a checkpoint's JSON metadata (written
+    by :class:`~titanax.io.OrbaxCheckpointer`), or ``None`` when absent or malformed."""
+    tree = meta.get("tree")
+    if not isinstance(tree, Mapping):
+        return None
+    try:
+        return {
+            str(p): (tuple(int(d) for d in v["shape"]), str(v["dtype"])) for p, v in tree.items()
+        }
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def abstract_target(api: str, target: Any) -> Any:
+    """``target`` with every leaf as ``jax.ShapeDtypeStruct(shape, dtype, sharding=...)``."""
+    problems: list[str] = []
+
+    def to_abstract(path: str, leaf: Any) -> Any:
+        shape = getattr(leaf, "shape", None)
+        dtype = getattr(leaf, "dtype", None)
+        sharding = getattr(leaf, "sharding", None)
+        if shape is None or dtype is None or not isinstance(sharding, jax.sharding.Sharding):
+            kind = type(leaf).__name__
+            what = "no shape/dtype" if shape is None or dtype is None else "no sharding"
+            problems.append(f"{path or '<root>'} ({kind}, {what})")
+            return leaf
+        return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
+
+    flat = flat_with_paths(target)
+    leaves, treedef = jax.tree_util.tree_flatten(target)
+    new = [to_abstract(p, leaf) for (p, _), leaf in zip(flat, leaves, strict=True)]
+    if problems:
+        raise CheckpointError(
+            f"{api}: every target leaf must be a jax.ShapeDtypeStruct or jax.Array with a "
+            "sharding (the layout to restore into; P() for scalars and replicated leaves), "
+            f"but {len(problems)} are not: {problems[:20]}. Build the target with "
+            "titanax.sharding.abstract_state(shapes, mesh, plan.param_specs(...)) or "
+            "jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))."
+        )
+    return jax.tree_util.tree_unflatten(treedef, new)
