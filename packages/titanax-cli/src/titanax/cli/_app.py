@@ -1,0 +1,332 @@
+"""The ``titanax`` command (Typer): run, describe, validate, ckpt inspect, plot, schedule.
+
+Nothing heavy is imported at module level: JAX must not start before ``--cpu-devices`` (or
+``run.cpu_devices``) has been applied, and ``titanax --help`` should answer at once. Errors reach
+the user as one clear message and exit code 1 (configuration problems: one line each, with file
+and line); ``--debug`` (anywhere on the command line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+__all__ = ["app", "main"]
+
+_DEBUG = {"on": os.environ.get("TITANAX_DEBUG", "") not in ("", "0")}
+
+app = typer.Typer(
+    name="titanax",
+    help="Titanax: explicit-parallelism training for JAX, from YAML configs.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+ckpt_app = typer.Typer(help="Checkpoint tools.", no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(ckpt_app, name="ckpt")
+
+
+class RunMode(enum.StrEnum):
+    """The training recipes of ``titanax run``."""
+
+    dp = "dp"
+    tp = "tp"
+    pp = "pp"
+
+
+class ScheduleKind(enum.StrEnum):
+    """Pipeline schedules."""
+
+    gpipe = "gpipe"
+    one_f_one_b = "1f1b"
+    interleaved = "interleaved"
+
+
+ConfigOption = Annotated[
+    str,
+    typer.Option("--config", "-c", help="YAML config file.", show_default=False),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a config value: [bold]--set optimizer.learning_rate=3e-4[/bold] "
+        "(value read as YAML; repeatable; type-checked).",
+        show_default=False,
+    ),
+]
+DevicesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--cpu-devices",
+        help="Simulate N CPU devices (overrides run.cpu_devices; 0 = the devices JAX finds).",
+        show_default=False,
+    ),
+]
+ModeOption = Annotated[
+    RunMode | None,
+    typer.Option("--mode", help="Recipe to check against (default: run.mode, or the plan's)."),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _console(*, stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _fail(err: BaseException) -> NoReturn:
+    """Prints ``err`` as a user-facing message (or its traceback with --debug) and exits."""
+    console = _console(stderr=True)
+    if _DEBUG["on"]:
+        console.print_exception(show_locals=False)
+    if isinstance(err, KeyboardInterrupt):
+        console.print(
+            "[bold red]interrupted[/bold red] (a checkpoint of the current step was saved if "
+            "checkpoints are on; run the same command to resume)"
+        )
+        raise typer.Exit(130)
+    from titanax.cli._errors import ConfigError
+    from titanax.mesh import TitanaxError
+
+    if isinstance(err, ConfigError):
+        count = len(err.problems)
+        console.print(
+            f"[bold red]error:[/bold red] the config has {count} problem{'s' * (count != 1)}:"
+        )
+        for problem in err.problems:
+            console.print(f"  {problem.line()}", markup=False)
+    elif isinstance(err, TitanaxError):
+        console.print("[bold red]error:[/bold red] ", end="")
+        console.print(f"{type(err).__name__}: {err}", markup=False)
+    else:
+        console.print("[bold red]error:[/bold red] ", end="")
+        console.print(f"{type(err).__name__}: {err}", markup=False)
+    if not _DEBUG["on"]:
+        console.print("(run with --debug for the traceback)", style="dim")
+    raise typer.Exit(1)
+
+
+def _handled(fn: F) -> F:
+    """Turns exceptions of a command into one message and exit code 1 (see :func:`_fail`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except (Exception, KeyboardInterrupt) as err:
+            _fail(err)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from titanax.cli._version import __version__
+
+        typer.echo(f"titanax-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Titanax: train JAX models with explicit data, FSDP, tensor and pipeline parallelism."""
+    if debug:
+        _DEBUG["on"] = True
+
+
+@app.command()
+@_handled
+def run(
+    mode: Annotated[RunMode, typer.Argument(help="dp, tp or pp.", show_default=False)],
+    config: ConfigOption,
+    set_: SetOption = None,
+    cpu_devices: DevicesOption = None,
+) -> None:
+    """Train from a YAML config; running the same command again resumes from the newest checkpoint.
+
+    [bold]dp[/bold]: data parallel in the per-device view with an explicit gradient pmean.
+    [bold]tp[/bold]: global view over data / fsdp / tensor axes (Megatron rules for the GPT).
+    [bold]pp[/bold]: the GPT's blocks split into pipeline stages (GPipe, 1F1B, interleaved).
+    """
+    from titanax.cli._session import prepare
+    from titanax.cli._train import train
+
+    session = prepare(config, overrides=set_ or (), command=mode.value, cpu_devices=cpu_devices)
+    train(session, _console())
+
+
+@app.command()
+@_handled
+def describe(
+    config: ConfigOption,
+    set_: SetOption = None,
+    cpu_devices: DevicesOption = None,
+    mode: ModeOption = None,
+) -> None:
+    """Show the mesh, every parameter's layout, and a dry run's memory and communication."""
+    from titanax.cli._describe import describe as describe_session
+    from titanax.cli._session import prepare
+
+    session = prepare(
+        config,
+        overrides=set_ or (),
+        command=mode.value if mode else None,
+        cpu_devices=cpu_devices,
+    )
+    describe_session(session, _console())
+
+
+@app.command()
+@_handled
+def validate(
+    config: ConfigOption,
+    set_: SetOption = None,
+    cpu_devices: DevicesOption = None,
+    mode: ModeOption = None,
+) -> None:
+    """Check a config: every schema, mesh, plan and optimizer problem at once (exit code 1)."""
+    from titanax.cli._session import prepare
+
+    session = prepare(
+        config,
+        overrides=set_ or (),
+        command=mode.value if mode else None,
+        cpu_devices=cpu_devices,
+    )
+    sizes = " × ".join(f"{a}={s}" for a, s in session.mesh.shape.items())
+    _console().print(
+        f"[bold green]ok[/bold green] {config}: mode {session.mode}, mesh {sizes} on "
+        f"{session.devices}; {session.model.summary.removeprefix('model: ')}"
+    )
+
+
+@ckpt_app.command("inspect")
+@_handled
+def ckpt_inspect(
+    path: Annotated[str, typer.Argument(help="A checkpoint directory, a step, or a run dir.")],
+    step: Annotated[int | None, typer.Option(help="Step to describe (default: latest).")] = None,
+    show_config: Annotated[
+        bool, typer.Option("--show-config", help="Print the config saved with the step.")
+    ] = False,
+) -> None:
+    """List a checkpoint's steps and arrays (shapes, dtypes, saved shardings) from metadata."""
+    import pathlib
+
+    import yaml
+
+    from titanax.io import inspect_checkpoint
+
+    root = pathlib.Path(path)
+    if (root / "checkpoints").is_dir():
+        root = root / "checkpoints"
+    info = inspect_checkpoint(root, step=step)
+    console = _console()
+    console.print(info.describe(), end="", markup=False)
+    meta = info.metadata
+    mesh = meta.get("mesh") or {}
+    console.print(
+        f"step {info.step}: data position {meta.get('data_position')}, mesh "
+        f"{dict(zip(mesh.get('axes', []), mesh.get('shape', []), strict=False))}, plan "
+        f"{str(meta.get('plan_fingerprint', ''))[:12]}, saved {meta.get('wall_time')}",
+        markup=False,
+    )
+    if show_config and isinstance(meta.get("config"), dict):
+        console.print(yaml.safe_dump(meta["config"], sort_keys=False), markup=False)
+
+
+@app.command()
+@_handled
+def plot(
+    run_dir: Annotated[str, typer.Argument(help="A run directory (or one metrics file).")],
+    out: Annotated[
+        str | None, typer.Option(help="PNG to write (default RUN_DIR/loss.png).")
+    ] = None,
+    keys: Annotated[
+        str, typer.Option(help="Comma-separated metric names to draw.")
+    ] = "loss,eval_loss",
+) -> None:
+    """Draw loss curves (training and validation) from a run's metric files into a PNG."""
+    import pathlib
+
+    from titanax.io import plot_metrics
+
+    root = pathlib.Path(run_dir)
+    target = pathlib.Path(out) if out else (root if root.is_dir() else root.parent) / "loss.png"
+    names = [k.strip() for k in keys.split(",") if k.strip()]
+    written = plot_metrics(root, target, keys=names)
+    _console().print(f"wrote {written}")
+
+
+@app.command()
+@_handled
+def schedule(
+    kind: Annotated[ScheduleKind, typer.Argument(help="gpipe, 1f1b or interleaved.")],
+    stages: Annotated[int, typer.Option("--stages", "-p", help="Pipeline stages P.")],
+    microbatches: Annotated[int, typer.Option("--microbatches", "-m", help="Microbatches M.")],
+    virtual: Annotated[
+        int, typer.Option("--virtual", "-v", help="Virtual stages V (interleaved).")
+    ] = 1,
+    out: Annotated[str | None, typer.Option(help="PNG to write (default <kind>.png).")] = None,
+) -> None:
+    """Draw a pipeline schedule's timeline (PNG) and print its bubble fraction."""
+    from titanax.pipeline import build_schedule, plot_schedule
+
+    table = build_schedule(
+        kind.value,
+        stages=stages,
+        microbatches=microbatches,
+        virtual_stages=virtual,
+    )
+    target = out or f"{kind.value}_p{stages}_m{microbatches}" + (
+        f"_v{virtual}.png" if virtual > 1 else ".png"
+    )
+    written = plot_schedule(table, target)
+    console = _console()
+    console.print(table.describe(), markup=False)
+    console.print(
+        f"bubble {table.bubble_fraction:.1%} of {table.num_ticks} ticks × {stages} stages "
+        f"(GPipe/1F1B ideal (P-1)/(M+P-1) = {(stages - 1) / (microbatches + stages - 1):.1%}); "
+        f"wrote {written}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``titanax`` console script.
+
+    ``--debug`` is accepted anywhere on the command line.
+
+    Returns:
+      The exit code (0 on success).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        _DEBUG["on"] = True
+        args = [a for a in args if a != "--debug"]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=args, prog_name="titanax", standalone_mode=True)
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0

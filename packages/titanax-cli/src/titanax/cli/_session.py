@@ -1,0 +1,185 @@
+"""One command's view of a config: devices chosen, everything built, every problem collected.
+
+:func:`prepare` is shared by ``run``, ``describe`` and ``validate``: it reads the config, fixes
+the device count (before JAX starts), and builds the mesh, plan, model, optimizer and precision,
+collecting the problems of every stage — schema, cross-section, mesh, plan against the
+parameter and batch shapes, optimizer — into one :class:`~titanax.cli.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from titanax.cli._config import Config, Mode
+from titanax.cli._devices import configure_devices
+from titanax.cli._errors import CLIError, ConfigError
+from titanax.cli._load import LoadedConfig, read_config, sort_problems
+from titanax.cli._validate import infer_mode, static_problems
+
+__all__ = ["Session", "prepare"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Session:
+    """A validated config with its Titanax objects.
+
+    Attributes:
+      config: the resolved config.
+      loaded: the config as read (source file, locations).
+      mode: ``"dp"``, ``"tp"`` or ``"pp"``.
+      mesh_spec, mesh: the declared and the built mesh.
+      plan: the ``titanax.sharding.Plan``.
+      model: the ``ModelRecipe``.
+      optimizer: the optax transformation; ``schedule`` its learning-rate schedule (or None).
+      precision: the ``titanax.exec.Precision``.
+      devices: a description of the devices (``"8 cpu devices (--cpu-devices 8)"``).
+    """
+
+    config: Config
+    loaded: LoadedConfig
+    mode: Mode
+    mesh_spec: Any
+    mesh: Any
+    plan: Any
+    model: Any
+    optimizer: Any
+    schedule: Callable[[Any], Any] | None
+    precision: Any
+    devices: str
+
+
+def _cpu_devices(option: int | None, loaded: LoadedConfig) -> tuple[int | None, str]:
+    if option is not None:
+        return (None, "") if option == 0 else (option, f"--cpu-devices {option}")
+    run = loaded.sections.get("run")
+    if run is not None and run.cpu_devices is not None:
+        return run.cpu_devices, f"run.cpu_devices: {run.cpu_devices}"
+    raw = loaded.tree.get("run")  # the run section has problems: use a valid count anyway
+    count = raw.get("cpu_devices") if isinstance(raw, dict) else None
+    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+        return count, f"run.cpu_devices: {count}"
+    return None, ""
+
+
+def prepare(
+    path: str | os.PathLike[str],
+    *,
+    overrides: Sequence[str] = (),
+    command: Mode | None = None,
+    cpu_devices: int | None = None,
+) -> Session:
+    """Reads, checks and builds a config for a command.
+
+    Args:
+      path: the YAML config.
+      overrides: ``--set key.path=value`` strings.
+      command: the mode of ``titanax run <mode>`` (``None`` for describe/validate: ``run.mode``
+        or the mode the plan implies).
+      cpu_devices: ``--cpu-devices``: simulate this many CPU devices (``0``: use the devices
+        JAX finds even if the config asks for simulated ones; ``None``: as the config says).
+
+    Returns:
+      The :class:`Session`.
+
+    Raises:
+      ConfigError: every problem found, each with its location.
+      CLIError: the devices cannot be set up.
+    """
+    loaded = read_config(path, overrides)
+    count, chosen_by = _cpu_devices(cpu_devices, loaded)
+    configure_devices(count)
+    import jax
+
+    run = loaded.sections.get("run")
+    if run is not None and run.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(run.compilation_cache))
+
+    devices = jax.devices()
+    if count is not None and len(devices) != count:
+        raise CLIError(
+            f"asked for {count} simulated CPU devices ({chosen_by}) but JAX has {len(devices)} "
+            f"{devices[0].platform} device(s); run `titanax` in a fresh process."
+        )
+    devices_text = (
+        f"{len(devices)} {devices[0].platform} device(s)"
+        + (f" ({chosen_by})" if chosen_by else " (all JAX found)")
+        + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+    )
+    sections = loaded.sections
+    plan_config = sections.get("plan")
+    mode: Mode = (
+        command
+        or (run.mode if run is not None and run.mode else None)
+        or (infer_mode(plan_config) if plan_config is not None else "tp")
+    )
+    problems = list(loaded.problems)
+    problems += static_problems(
+        sections,
+        loaded.locations,
+        mode=mode,
+        command=command,
+        num_devices=len(devices),
+        devices_from=devices_text,
+    )
+    built = _build_all(loaded, mode, problems)
+    if problems:
+        raise ConfigError(sort_problems(problems))
+    if loaded.config is None or built is None:  # unreachable: no problems means all was built
+        raise CLIError(f"could not build {loaded.source}; run titanax validate on it.")
+    return Session(config=loaded.config, loaded=loaded, mode=mode, devices=devices_text, **built)
+
+
+def _build_all(loaded: LoadedConfig, mode: Mode, problems: list[Any]) -> dict[str, Any] | None:
+    """Builds the Titanax objects of every valid section; appends their problems."""
+    import jax
+
+    from titanax.cli import _build
+    from titanax.exec import ExecError
+    from titanax.mesh import MeshError
+    from titanax.models import ModelError
+    from titanax.sharding import ShardingError
+
+    report = _build.Problems(loaded.locations)
+    sections = loaded.sections
+    config = loaded.config
+    out: dict[str, Any] = {}
+    if "mesh" in sections and "run" in sections:
+        try:
+            spec = _build.build_mesh(sections["mesh"])
+            out["mesh_spec"], out["mesh"] = spec, spec.build()
+        except MeshError as err:
+            if not problems:  # the static check names the mesh problem with its line already
+                report.add(("mesh",), str(err))
+    if "plan" in sections:
+        try:
+            out["plan"] = _build.build_plan(sections["plan"], mode=mode)
+        except ShardingError as err:
+            report.add_lines(("plan",), err)
+    if "model" in sections and "data" in sections:
+        try:
+            out["model"] = _build.build_model(sections["model"], sections["data"], mode=mode)
+        except ModelError as err:
+            report.add(("model",), str(err))
+    if "optimizer" in sections:
+        out["optimizer"], out["schedule"] = _build.build_optimizer(sections["optimizer"], report)
+    if "precision" in sections and config is not None:
+        try:
+            out["precision"] = _build.build_precision(config)
+        except ExecError as err:
+            report.add(("precision",), str(err))
+    if not problems and not report.items and {"mesh", "plan", "model"} <= set(out):
+        try:
+            shapes = jax.eval_shape(out["model"].init, jax.random.key(0))
+            out["plan"].validate(out["mesh"], params=shapes, batch=out["model"].batch)
+        except ShardingError as err:
+            report.add_lines(("plan",), err)
+        except ModelError as err:
+            report.add(("model",), str(err))
+    problems.extend(report.items)
+    needed = {"mesh_spec", "mesh", "plan", "model", "optimizer", "schedule", "precision"}
+    if problems or not needed <= set(out) or out["optimizer"] is None:
+        return None
+    return out

@@ -1,0 +1,229 @@
+"""``titanax run``: data, engine, resume, training, validation — the run directory's life.
+
+A run directory holds the resolved config (``config.yaml``), the metric files (``metrics.csv``,
+``eval.csv``, ``tensorboard/``), the checkpoints (``checkpoints/<step>/``, each with the resolved
+config and the data position in its metadata), the stdlib corpus cache (``data/``) and a
+``summary.json`` of the last invocation. Running the same command again resumes from the newest
+checkpoint and continues at the same sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import pathlib
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from titanax.cli._data import Splits, load_splits
+from titanax.cli._errors import CLIError
+from titanax.cli._load import save_config
+from titanax.cli._recipes import Recipe, make_recipe
+from titanax.cli._session import Session
+from titanax.cli._sinks import make_sinks
+
+__all__ = ["RunResult", "train"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """What one ``titanax run`` did.
+
+    Attributes:
+      run_dir: the run directory.
+      start_step, final_step: the state's step before and after training.
+      resumed_from: the checkpoint step training resumed from (``None``: a fresh start).
+      eval_metrics: the final validation metrics (``loss``, ``accuracy``, ...).
+      stats: numbers about the data (``unigram_entropy`` for text).
+      wall_seconds: the command's wall time from config to final evaluation.
+    """
+
+    run_dir: pathlib.Path
+    start_step: int
+    final_step: int
+    resumed_from: int | None
+    eval_metrics: dict[str, float]
+    stats: dict[str, float]
+    wall_seconds: float
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def _config_changes(saved: Any, current: Mapping[str, Any]) -> list[str]:
+    if not isinstance(saved, Mapping):
+        return []
+    old, new = _flat(saved), _flat(current)
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+
+
+def _eval_batches(splits: Splits, session: Session) -> Any:
+    from titanax.io import ShardedLoader
+
+    config = session.config
+    batch = config.data.batch_size
+
+    def batches() -> Iterator[Any]:
+        loader = ShardedLoader(
+            splits.valid, global_batch_size=batch, seed=config.run.seed + 1, num_epochs=1
+        )
+        return itertools.islice(loader, config.run.eval_batches)
+
+    return batches
+
+
+def train(session: Session, console: Any) -> RunResult:
+    """Runs (or resumes) the training of ``session`` and evaluates it on the validation split.
+
+    Args:
+      session: from :func:`titanax.cli._session.prepare`.
+      console: a ``rich.console.Console`` for the progress and summary lines.
+
+    Returns:
+      The :class:`RunResult` (also written to ``<run dir>/summary.json``).
+
+    Raises:
+      CLIError: the validation split is smaller than one batch.
+      NonFiniteError, CheckpointError, ...: from the Engine and the checkpointer.
+    """
+    from titanax.exec import Engine
+    from titanax.io import OrbaxCheckpointer, ShardedLoader
+
+    start_time = time.perf_counter()
+    config = session.config
+    run_dir = pathlib.Path(config.run.dir).expanduser()
+    main = jax.process_index() == 0
+    sizes = " × ".join(f"{a}={s}" for a, s in session.mesh.shape.items())
+    console.print(
+        f"[bold]titanax run {session.mode}[/bold] {session.loaded.source} -> {run_dir}\n"
+        f"devices: {session.devices}; mesh {sizes}\n{session.model.summary}"
+    )
+    splits = load_splits(config.data, config.model, run_dir=run_dir)
+    for line in splits.summary:
+        console.print(line)
+    batch = config.data.batch_size
+    if len(splits.valid) < batch:
+        raise CLIError(
+            f"the validation split has {len(splits.valid)} samples, fewer than one batch of "
+            f"data.batch_size={batch}; raise data.valid_percent or lower the batch size."
+        )
+    loader = ShardedLoader(splits.train, global_batch_size=batch, seed=config.run.seed)
+    resolved = config.to_dict()
+    if main:
+        save_config(config, run_dir / "config.yaml")
+    checkpoint = None
+    if config.checkpoint.enabled:
+        checkpoint = OrbaxCheckpointer(
+            pathlib.Path(config.checkpoint.dir).expanduser()
+            if config.checkpoint.dir
+            else run_dir / "checkpoints",
+            keep=config.checkpoint.keep,
+            async_save=config.checkpoint.async_save,
+        )
+    sinks, paths = make_sinks(config.logging, run_dir)
+    engine = Engine(
+        session.mesh,
+        session.plan,
+        optimizer=session.optimizer,
+        precision=session.precision,
+        checkpoint=checkpoint,
+        sinks=[sinks],
+        metadata={"config": resolved},
+    )
+    recipe: Recipe = make_recipe(
+        session.mode, session.model, plan=session.plan, mesh=session.mesh, schedule=session.schedule
+    )
+    latest = checkpoint.latest_step() if checkpoint is not None else None
+    if checkpoint is not None and latest is not None:
+        meta = checkpoint.metadata(latest)
+        console.print(
+            f"[bold green]Resuming[/bold green] from checkpoint step {latest} in "
+            f"{checkpoint.directory} (data position {meta.get('data_position')})"
+        )
+        changes = _config_changes(meta.get("config"), resolved)
+        if changes:
+            console.print("config changed since that checkpoint: " + "; ".join(changes))
+    elif checkpoint is not None:
+        console.print(f"no checkpoint in {checkpoint.directory}: starting from step 0")
+    seed = config.run.seed
+    rngs = {name: jax.random.key(seed + 1 + i) for i, name in enumerate(recipe.rngs)}
+    state = engine.restore_or_create(recipe.init, jax.random.key(seed), rngs=rngs, data=loader)
+    start_step = int(jax.device_get(state.step))
+    eval_data = _eval_batches(splits, session)
+    every = config.run.eval_every
+    if start_step >= config.run.steps:
+        console.print(f"already at step {start_step} >= run.steps={config.run.steps}: evaluating")
+    if paths:
+        console.print("metrics: " + ", ".join(paths))
+    try:
+        state = engine.fit(
+            recipe.train_step,
+            loader,
+            steps=config.run.steps,
+            log_every=config.logging.log_every,
+            eval_step=recipe.eval_step if every else None,
+            eval_data=eval_data if every else None,
+            eval_every=every,
+            checkpoint_every=config.checkpoint.every,
+            flops_per_token=session.model.flops_per_token,
+            progress=config.logging.progress,
+        )
+        final_step = int(jax.device_get(state.step))
+        if sinks.last_eval is not None and sinks.last_eval[0] == final_step:
+            scores = {k.removeprefix("eval_"): v for k, v in sinks.last_eval[1].items()}
+        else:
+            scores = engine.evaluate(recipe.eval_step, eval_data(), state=state)
+            sinks.write(final_step, {f"eval_{k}": v for k, v in scores.items()})
+    finally:
+        sinks.close()
+        if checkpoint is not None:
+            checkpoint.close()
+    wall = time.perf_counter() - start_time
+    result = RunResult(
+        run_dir=run_dir,
+        start_step=start_step,
+        final_step=final_step,
+        resumed_from=latest,
+        eval_metrics={k: float(v) for k, v in scores.items() if k not in ("loss_sum", "count")},
+        stats=dict(splits.stats),
+        wall_seconds=wall,
+    )
+    _report(result, console, unit="nats/byte" if config.data.source == "stdlib_bytes" else "nats")
+    if main:
+        summary = dataclasses.asdict(result)
+        summary["run_dir"] = str(run_dir)
+        summary["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        tmp = run_dir / f".summary.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, run_dir / "summary.json")
+    return result
+
+
+def _report(result: RunResult, console: Any, *, unit: str) -> None:
+    loss = result.eval_metrics.get("loss", float("nan"))
+    line = f"validation loss {loss:.4f} {unit} at step {result.final_step}"
+    entropy = result.stats.get("unigram_entropy")
+    if entropy is not None and np.isfinite(loss):
+        line += (
+            f"; corpus unigram entropy {entropy:.4f} {unit}: {entropy - loss:.3f} {unit} below it"
+        )
+    if "accuracy" in result.eval_metrics:
+        line += f"; accuracy {result.eval_metrics['accuracy']:.2%}"
+    console.print(f"[bold]{line}[/bold]")
+    console.print(f"run directory {result.run_dir}; wall time {result.wall_seconds:.1f} s")
