@@ -111,7 +111,10 @@ def gpt_embed(
 
     Args:
       params: the GPT parameters (only ``embed`` and ``pos_embed`` are read).
-      tokens: ``[batch, seq]`` integer token ids, ``seq <= config.seq_len``.
+      tokens: ``[batch, seq]`` integer token ids, ``seq <= config.seq_len``. Ids
+        ``>= vocab_size`` give NaN embeddings (``jnp.take``'s fill mode), so they show up in the
+        loss instead of silently reading another row; negative ids index from the end, as in
+        NumPy.
       config: the model.
       key: PRNG key for embedding dropout (``gpt_apply`` passes the first half of its key
         split).
