@@ -58,6 +58,13 @@ class Splits:
     summary: tuple[str, ...]
     stats: dict[str, float]
 
+    @staticmethod
+    def samples(dataset: Any) -> int:
+        """Samples of a split (rows of a ``{"x", "y"}`` dict, windows of ``TokenWindows``)."""
+        if isinstance(dataset, dict):
+            return len(next(iter(dataset.values())))
+        return len(dataset)
+
 
 def unigram_entropy(counts: np.ndarray) -> float:
     """Entropy in nats of the distribution ``counts / counts.sum()`` (zeros skipped)."""
@@ -74,11 +81,10 @@ def stdlib_files(max_bytes: int | None = None) -> tuple[pathlib.Path, list[str]]
     """
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
     found: list[str] = []
-    for path in root.rglob("*.py"):
-        relative = path.relative_to(root)
-        if any(part in _EXCLUDED_DIRS for part in relative.parts) or not path.is_file():
-            continue
-        found.append(relative.as_posix())
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d not in _EXCLUDED_DIRS]  # prune, do not descend
+        base = pathlib.Path(directory).relative_to(root)
+        found += [(base / n).as_posix() for n in names if n.endswith(".py")]
     files = sorted(found)
     if max_bytes is not None:
         kept: list[str] = []

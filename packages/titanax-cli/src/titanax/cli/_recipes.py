@@ -54,7 +54,7 @@ class Recipe:
 def _extra_metrics(
     grads: Any, state: TrainState, schedule: Callable[[Any], Any] | None
 ) -> dict[str, jax.Array]:
-    metrics = {"grad_norm": optax.global_norm(grads)}
+    metrics = {"grad_norm": optax.tree.norm(grads)}
     if schedule is not None:
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
     return metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -143,16 +144,17 @@ def _build_all(loaded: LoadedConfig, mode: Mode, problems: list[Any]) -> dict[st
     from titanax.sharding import ShardingError
 
     report = _build.Problems(loaded.locations)
-    sections = loaded.sections
     config = loaded.config
+    # Sections with a problem already reported are not built again (one message per cause).
+    reported = {re.split(r"[.\[]", p.path)[0] for p in problems}
+    sections = {k: v for k, v in loaded.sections.items() if k not in reported}
     out: dict[str, Any] = {}
-    if "mesh" in sections and "run" in sections:
+    if "mesh" in sections:
         try:
             spec = _build.build_mesh(sections["mesh"])
             out["mesh_spec"], out["mesh"] = spec, spec.build()
         except MeshError as err:
-            if not problems:  # the static check names the mesh problem with its line already
-                report.add(("mesh",), str(err))
+            report.add(("mesh",), str(err))
     if "plan" in sections:
         try:
             out["plan"] = _build.build_plan(sections["plan"], mode=mode)

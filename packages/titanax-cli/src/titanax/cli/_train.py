@@ -118,9 +118,10 @@ def train(session: Session, console: Any) -> RunResult:
     for line in splits.summary:
         console.print(line)
     batch = config.data.batch_size
-    if len(splits.valid) < batch:
+    if Splits.samples(splits.valid) < batch:
         raise CLIError(
-            f"the validation split has {len(splits.valid)} samples, fewer than one batch of "
+            f"the validation split has {Splits.samples(splits.valid)} samples, fewer than one "
+            "batch of "
             f"data.batch_size={batch}; raise data.valid_percent or lower the batch size."
         )
     loader = ShardedLoader(splits.train, global_batch_size=batch, seed=config.run.seed)

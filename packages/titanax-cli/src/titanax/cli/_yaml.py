@@ -51,6 +51,10 @@ class _Unresolved:
 UNRESOLVED = _Unresolved()
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+_SAFE_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}"
+    for t in ("map", "seq", "str", "int", "float", "bool", "null", "timestamp", "binary", "set")
+)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -89,6 +93,16 @@ class _Reader:
         return f"{self.source}:{node.start_mark.line + 1}"
 
     def build(self, node: yaml.Node, path: Path) -> Any:
+        if node.tag not in _SAFE_TAGS:
+            short = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self.problems.append(
+                Problem(
+                    path=format_path(path),
+                    message=f"tag {short!r} is not allowed: configs are plain YAML (safe loading).",
+                    location=self.where(node),
+                )
+            )
+            return UNRESOLVED
         if isinstance(node, yaml.MappingNode):
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -130,7 +144,17 @@ class _Reader:
                 self.locations[(*path, index)] = self.where(item)
                 items.append(self.build(item, (*path, index)))
             return items
-        value = self._constructor.construct_object(node, deep=True)
+        try:
+            value = self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError) as err:
+            self.problems.append(
+                Problem(
+                    path=format_path(path),
+                    message=f"cannot read this value: {' '.join(str(err).split())}",
+                    location=self.where(node),
+                )
+            )
+            return UNRESOLVED
         if isinstance(value, str) and "${" in value:
             value = self._substitute(value, node, path)
         return value
@@ -317,9 +341,19 @@ def apply_overrides(
                 ok = False
                 break
             name = str(part)
-            if not isinstance(node.get(name), dict | list):
+            if node.get(name) is None:
                 node[name] = {}
                 locations[(*path[:depth], name)] = where
+            elif not isinstance(node[name], dict | list):
+                problems.append(
+                    Problem(
+                        path=format_path(here),
+                        message="cannot set a key inside a value that is not a mapping.",
+                        location=where,
+                    )
+                )
+                ok = False
+                break
             node = node[name]
         if not ok:
             continue

@@ -1,0 +1,172 @@
+"""The ``titanax`` commands, run in-process (8 simulated CPU devices) with Typer's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from titanax.cli import load_config
+from titanax.cli._app import app, main
+
+runner = CliRunner()
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_help_lists_the_commands() -> None:
+    code, out = _invoke("--help")
+    assert code == 0
+    for name in ("run", "describe", "validate", "ckpt", "plot", "schedule"):
+        assert name in out
+    code, out = _invoke("run", "--help")
+    assert code == 0
+    assert "--cpu-devices" in out
+    assert "--set" in out
+
+
+def test_validate_ok_and_errors(tiny_tp: pathlib.Path) -> None:
+    good = tiny_tp
+    code, out = _invoke("validate", "--config", str(good))
+    assert code == 0, out
+    assert "ok" in out
+    assert "mesh data=4 × tensor=2" in out
+    code, out = _invoke(
+        "validate", "-c", str(good), "--set", "run.stpes=3", "--set", "mesh.shape=[4,3]"
+    )
+    assert code == 1
+    assert "error: the config has 2 problems:" in out
+    assert "--set run.stpes=3: run.stpes: unknown key 'stpes'; did you mean 'steps'?" in out
+    assert "--set mesh.shape=[4,3]: mesh.shape: [4, 3] multiplies to 12" in out
+    assert "Traceback" not in out
+
+
+def test_errors_are_one_message_unless_debug(tiny_tp: pathlib.Path) -> None:
+    good = tiny_tp
+    code, out = _invoke("validate", "-c", str(good), "--cpu-devices", "3")
+    assert code == 1
+    assert "CLIError: cannot simulate 3 CPU devices" in out
+    assert "Traceback" not in out
+    assert "run with --debug for the traceback" in out
+    code, out = _invoke("--debug", "validate", "-c", str(good), "--cpu-devices", "3")
+    assert code == 1
+    assert "Traceback" in out
+    code, out = _invoke("validate", "-c", "/nonexistent.yaml")
+    assert code == 1
+    assert "config file '/nonexistent.yaml' does not exist" in out
+
+
+def test_usage_errors_exit_2() -> None:
+    code, out = _invoke("run", "xp", "--config", "x.yaml")
+    assert code == 2
+    assert "xp" in out
+
+
+def test_main_accepts_debug_anywhere(
+    tiny_tp: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tiny_tp
+    assert main(["validate", "-c", str(good)]) == 0
+    assert main(["validate", "-c", str(good), "--cpu-devices", "3", "--debug"]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" in captured.err
+
+
+def test_describe_shows_mesh_layout_and_dry_run(tiny_tp: pathlib.Path) -> None:
+    code, out = _invoke("describe", "-c", str(tiny_tp))
+    assert code == 0, out
+    assert "Mesh data=4 × tensor=2" in out
+    assert "blocks/0/attn/q/kernel" in out
+    assert "P(None, 'tensor')" in out
+    assert "training state per device" in out
+    assert "memory per device" in out
+    assert "communication per step, per mesh axis" in out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 4}
+    assert "all-reduce" in rows["tensor"]  # row-parallel layers sum their partial products
+    assert "all-reduce" in rows["data"]  # gradients averaged over the data axis
+
+
+def test_describe_dp_dry_run_has_one_gradient_all_reduce(tiny_dp: pathlib.Path) -> None:
+    code, out = _invoke("describe", "-c", str(tiny_dp))
+    assert code == 0, out
+    # MLP 64 -> 16 -> 10: 64*16 + 16 + 16*10 + 10 = 1210 fp32 gradient values
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 4}
+    assert "all-reduce" in rows["data"]
+    assert "mode dp" in out
+
+
+def _csv(path: pathlib.Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_dp_writes_the_run_directory_and_resumes(tiny_dp: pathlib.Path) -> None:
+    path = tiny_dp
+    code, out = _invoke("run", "dp", "-c", str(path))
+    assert code == 0, out
+    assert "no checkpoint in" in out
+    assert "validation loss" in out
+    run_dir = load_config(path).run.dir
+    root = pathlib.Path(run_dir)
+    assert load_config(root / "config.yaml") == load_config(path)
+    rows = _csv(root / "metrics.csv")
+    assert [r["step"] for r in rows] == ["1", "2"]
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    evals = _csv(root / "eval.csv")
+    assert [r["step"] for r in evals] == ["2"]
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["final_step"] == 2
+    assert summary["resumed_from"] is None
+    assert summary["eval_metrics"]["loss"] == pytest.approx(float(evals[0]["eval_loss"]))
+    assert 0.0 <= summary["eval_metrics"]["accuracy"] <= 1.0
+
+    code, out = _invoke("run", "dp", "-c", str(path), "--set", "run.steps=3")
+    assert code == 0, out
+    assert "Resuming from checkpoint step 2" in out
+    assert "(data position 32)" in out
+    assert "config changed since that checkpoint: run.steps: 2 -> 3" in out
+    assert [r["step"] for r in _csv(root / "metrics.csv")] == ["1", "2", "3"]
+    assert json.loads((root / "summary.json").read_text())["resumed_from"] == 2
+
+    code, out = _invoke("ckpt", "inspect", str(root))
+    assert code == 0, out
+    assert "step 3 of [1, 2, 3]" in out
+    assert "params/layers/0/kernel" in out
+    assert "data position 48" in out
+    code, out = _invoke(
+        "ckpt", "inspect", str(root / "checkpoints"), "--step", "2", "--show-config"
+    )
+    assert code == 0, out
+    assert "step 2 of [1, 2, 3]" in out
+    assert "name: tiny_dp" in out
+    saved = yaml.safe_load(out[out.index("run:") :])
+    assert saved["run"]["steps"] == 2
+
+    code, out = _invoke("plot", str(root))
+    assert code == 0, out
+    png = root / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out = _invoke("plot", str(root), "--keys", "nothing")
+    assert code == 1
+    assert "SinkError: plot_metrics: none of ['nothing']" in out
+
+
+def test_run_mode_must_match_the_plan(tiny_dp: pathlib.Path) -> None:
+    code, out = _invoke("run", "tp", "-c", str(tiny_dp), "--set", "plan.pp={}")
+    assert code == 1
+    assert "plan.pp: mode 'tp'" in out
+
+
+def test_ckpt_inspect_of_nothing(tmp_path: pathlib.Path) -> None:
+    code, out = _invoke("ckpt", "inspect", str(tmp_path))
+    assert code == 1
+    assert "CheckpointError" in out
+    assert "no complete checkpoint step" in out
