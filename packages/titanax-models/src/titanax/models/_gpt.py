@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,10 @@ from titanax.models._errors import ModelError
 from titanax.models._gpt_config import GPTConfig, block_param_shapes, top_param_shapes
 from titanax.models._gpt_params import DTypeLike, is_stacked, leading_dims
 from titanax.models._layers import cast, dense, dropout, layer_norm
+
+Remat: TypeAlias = Callable[[Callable[..., jax.Array]], Callable[..., jax.Array]]
+"""Wraps one layer's function ``fn(params, x, key)``: e.g. ``jax.checkpoint`` with a policy, or
+``TrainState.remat`` (the step's activation-checkpointing policy)."""
 
 __all__ = ["gpt_apply", "gpt_block", "gpt_blocks", "gpt_embed", "gpt_head"]
 
@@ -178,6 +182,17 @@ def _block(
     return out
 
 
+def _block_fn(
+    config: GPTConfig, rate: float, dtype: np.dtype[Any] | None, remat: Remat | None
+) -> Callable[[Mapping[str, Any], jax.Array, jax.Array | None], jax.Array]:
+    """One layer as ``fn(params, x, key)``, wrapped by ``remat`` (e.g. ``jax.checkpoint``)."""
+
+    def fn(p: Mapping[str, Any], x: jax.Array, key: jax.Array | None) -> jax.Array:
+        return _block(p, x, config=config, key=key, rate=rate, dtype=dtype)
+
+    return fn if remat is None else remat(fn)
+
+
 def gpt_block(
     block_params: Mapping[str, Any],
     x: jax.Array,
@@ -234,16 +249,19 @@ def _scan_blocks(
     rate: float,
     dtype: np.dtype[Any] | None,
     layer_offset: int | jax.Array,
+    remat: Remat | None = None,
 ) -> jax.Array:
     check_tree_shapes(api, stacked, block_param_shapes(config), prefix="blocks", leading=0)
     _check_activations(api, x, config)
     n = jax.tree.leaves(stacked)[0].shape[0]
     layer_ids = jnp.arange(n, dtype=jnp.int32) + jnp.asarray(layer_offset, jnp.int32)
 
+    block_fn = _block_fn(config, rate, dtype, remat)
+
     def body(carry: jax.Array, xs: tuple[Any, jax.Array]) -> tuple[jax.Array, None]:
         block, layer = xs
         layer_key = None if key is None else jax.random.fold_in(key, layer)
-        return _block(block, carry, config=config, key=layer_key, rate=rate, dtype=dtype), None
+        return block_fn(block, carry, layer_key), None
 
     out, _ = jax.lax.scan(body, cast(x, dtype), (stacked, layer_ids))
     return out
@@ -258,6 +276,7 @@ def gpt_blocks(
     train: bool = False,
     compute_dtype: DTypeLike = None,
     layer_offset: int | jax.Array = 0,
+    remat: Remat | None = None,
 ) -> jax.Array:
     """Runs ``L`` stacked blocks in order with ``jax.lax.scan`` (one pipeline stage).
 
@@ -275,6 +294,7 @@ def gpt_blocks(
       compute_dtype: as in :func:`gpt_block`.
       layer_offset: global index of the first layer (an int, or an int32 scalar computed e.g.
         from ``jax.lax.axis_index`` in a pipeline stage).
+      remat: wraps each layer's function (activation checkpointing), e.g. ``state.remat``.
 
     Returns:
       ``[batch, seq, d_model]``.
@@ -296,6 +316,7 @@ def gpt_blocks(
         rate=rate,
         dtype=resolve_dtype(api, compute_dtype),
         layer_offset=layer_offset,
+        remat=remat,
     )
 
 
@@ -355,6 +376,7 @@ def gpt_apply(
     key: jax.Array | None = None,
     train: bool = False,
     compute_dtype: DTypeLike = None,
+    remat: Remat | None = None,
 ) -> jax.Array:
     """The full GPT forward pass: tokens -> next-token logits.
 
@@ -371,6 +393,8 @@ def gpt_apply(
       train: enable dropout.
       compute_dtype: e.g. ``jnp.bfloat16``: parameters and activations are cast for the matmuls;
         LayerNorm statistics, attention softmax and the logits stay float32.
+      remat: wraps each layer's function for activation checkpointing (``state.remat``, or
+        ``functools.partial(jax.checkpoint, policy=...)``); values are unchanged.
 
     Returns:
       ``[batch, seq, vocab_size]`` float32 logits; position ``t`` depends only on tokens
@@ -402,7 +426,15 @@ def gpt_apply(
                 f"{config.n_layers}; create the parameters with the same config."
             )
         x = _scan_blocks(
-            api, blocks, x, config=config, key=k_blocks, rate=rate, dtype=dtype, layer_offset=0
+            api,
+            blocks,
+            x,
+            config=config,
+            key=k_blocks,
+            rate=rate,
+            dtype=dtype,
+            layer_offset=0,
+            remat=remat,
         )
     else:
         if len(blocks) != config.n_layers:
@@ -411,8 +443,9 @@ def gpt_apply(
                 f"{config.n_layers}; create the parameters with the same config."
             )
         shapes = block_param_shapes(config)
+        block_fn = _block_fn(config, rate, dtype, remat)
         for i, block in enumerate(blocks):
             check_tree_shapes(api, block, shapes, prefix=f"blocks/{i}")
             layer_key = None if k_blocks is None else jax.random.fold_in(k_blocks, i)
-            x = _block(block, x, config=config, key=layer_key, rate=rate, dtype=dtype)
+            x = block_fn(block, x, layer_key)
     return _head(api, params, x, config=config, dtype=dtype)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from titanax.models._errors import ModelError
-from titanax.models._gpt import gpt_apply
+from titanax.models._gpt import Remat, gpt_apply
 from titanax.models._gpt_config import GPTConfig
 from titanax.models._gpt_params import DTypeLike
 
@@ -96,6 +96,7 @@ def gpt_loss(
     key: jax.Array | None = None,
     train: bool = False,
     compute_dtype: DTypeLike = None,
+    remat: Remat | None = None,
 ) -> jax.Array:
     """Mean next-token cross-entropy of the GPT over a batch (for ``jax.value_and_grad``).
 
@@ -111,6 +112,7 @@ def gpt_loss(
       key: dropout key (used with ``train=True``).
       train: enable dropout.
       compute_dtype: see :func:`gpt_apply`; the loss is float32.
+      remat: see :func:`gpt_apply` (activation checkpointing per layer).
 
     Returns:
       The mean loss, a float32 scalar (0 when no position is valid).
@@ -132,7 +134,13 @@ def gpt_loss(
             f"{tuple(inputs.shape)}; they must match (targets are the inputs shifted by one)."
         )
     logits = gpt_apply(
-        params, inputs, config=config, key=key, train=train, compute_dtype=compute_dtype
+        params,
+        inputs,
+        config=config,
+        key=key,
+        train=train,
+        compute_dtype=compute_dtype,
+        remat=remat,
     )
     total, count = cross_entropy(logits, targets, batch.get("mask"))
     return total / jnp.where(count > 0, count, 1.0)
