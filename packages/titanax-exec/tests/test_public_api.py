@@ -10,6 +10,10 @@ def test_all_is_pinned() -> None:
     assert sorted(titanax.exec.__all__) == sorted(
         [
             "PEAK_BF16_FLOPS",
+            "TOLERANCES",
+            "StepComparison",
+            "VerifyReport",
+            "verify_layout",
             "CheckpointStore",
             "Collective",
             "CompileReport",

@@ -26,10 +26,15 @@ from titanax.exec._step import StepFunction as StepFunction
 from titanax.exec._step import step_fn as step_fn
 from titanax.exec._throughput import PEAK_BF16_FLOPS as PEAK_BF16_FLOPS
 from titanax.exec._throughput import peak_flops_per_device as peak_flops_per_device
+from titanax.exec._verify import TOLERANCES as TOLERANCES
+from titanax.exec._verify import StepComparison as StepComparison
+from titanax.exec._verify import VerifyReport as VerifyReport
+from titanax.exec._verify import verify_layout as verify_layout
 from titanax.exec._version import __version__ as __version__
 
 __all__ = [
     "PEAK_BF16_FLOPS",
+    "TOLERANCES",
     "CheckpointStore",
     "Collective",
     "CompileReport",
@@ -44,9 +49,11 @@ __all__ = [
     "RematPolicy",
     "ResumableData",
     "StateError",
+    "StepComparison",
     "StepContext",
     "StepFunction",
     "TrainState",
+    "VerifyReport",
     "__version__",
     "checkpoint_policy",
     "from_saveable",
@@ -56,4 +63,5 @@ __all__ = [
     "remat",
     "step_fn",
     "to_saveable",
+    "verify_layout",
 ]
