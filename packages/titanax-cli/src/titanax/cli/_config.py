@@ -263,7 +263,10 @@ class PlanConfig:
     """The parallel layout (``titanax.sharding.Plan``): one section per parallelism.
 
     Args:
-      dp, fsdp, tp, pp: the parallelisms used (absent or ``null``: not used).
+      dp: data parallelism (absent or ``null``: not used).
+      fsdp: fully sharded data parallelism (absent or ``null``: not used).
+      tp: tensor parallelism (absent or ``null``: not used).
+      pp: pipeline parallelism (absent or ``null``: not used).
       rules: extra ``{glob: spec}`` rules that win over the TP rules.
       indivisible: ``"raise"`` or ``"replicate"`` for a dim that does not divide over its axes.
     """

@@ -538,9 +538,10 @@ class Engine:
           steps: the step number to stop at.
           state: the state to start from (default ``engine.state``).
           log_every: steps between metric fetches.
-          eval_step, eval_data, eval_every: evaluation every ``eval_every`` steps over
-            ``eval_data`` (an iterable, or a callable returning a fresh one); metrics are
-            written with an ``eval_`` prefix.
+          eval_step: the evaluation :func:`step_fn`, run every ``eval_every`` steps over
+            ``eval_data``; its metrics are written with an ``eval_`` prefix.
+          eval_data: an iterable of eval batches, or a callable returning a fresh one.
+          eval_every: steps between evaluations.
           checkpoint_every: steps between (asynchronous) checkpoint saves; the last step is
             always saved when a store is set.
           tokens_per_batch: tokens in one global batch (default: the size of an integer

@@ -191,7 +191,8 @@ def verify_layout(
       step: the training step under test.
       init_fn: ``init_fn(rng) -> params`` (both runs start from ``jax.random.key(0)``).
       batches: one host batch per step (global batches; a few small ones suffice).
-      mesh, plan: the layout under test.
+      mesh: the mesh of the layout under test.
+      plan: the plan of the layout under test.
       reference_step: the 1-device step (default ``step``; pass the unpipelined step when
         ``step`` is a pipeline step).
       reference_plan: the 1-device plan (default ``plan`` on a mesh with the same axis names,
