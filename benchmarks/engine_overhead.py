@@ -197,8 +197,10 @@ def main() -> None:
         f"devices, jax {jax.__version__}, "
         f"{'each step awaited (CPU, jax < 0.12)' if BOUND else 'no waits between log points'}"
     )
-    print("| layout | mesh | engine step | hand-written | ratio (≤1.02) | compile ratio (≤1.10) "
-          "| D2H between logs |")  # fmt: skip
+    print(
+        "| layout | mesh | engine step | hand-written | ratio (≤1.02) | compile ratio (≤1.10) "
+        "| D2H between logs |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         mesh = "×".join(f"{k}={v}" for k, v in r["mesh"].items())
