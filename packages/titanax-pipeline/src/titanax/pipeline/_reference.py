@@ -9,6 +9,7 @@ compiled executor's trace must match. Use it in tests, never in training.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -20,6 +21,33 @@ from titanax.pipeline._executor import LossFn, PipelineOutput, PyTree, StageFn
 from titanax.pipeline._schedule import Op, Schedule
 
 __all__ = ["reference_pipeline"]
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_ops(stage_fn: StageFn, loss_fn: LossFn) -> tuple[Any, Any, Any]:
+    """Jitted forward / backward / last-stage backward, cached per function pair so repeated
+    reference runs (one per test configuration) compile each shape once."""
+    forward = jax.jit(stage_fn)
+
+    @jax.jit
+    def backward(params: PyTree, x: jax.Array, g: jax.Array) -> tuple[PyTree, jax.Array]:
+        _, vjp = jax.vjp(stage_fn, params, x)
+        dparams, dx = vjp(g)
+        return dparams, dx
+
+    @jax.jit
+    def backward_last(
+        params: PyTree, head: PyTree, x: jax.Array, target: PyTree
+    ) -> tuple[Any, ...]:
+        def stage_loss(pr: PyTree, hd: PyTree, x_: jax.Array) -> tuple[jax.Array, jax.Array]:
+            loss_sum, n = loss_fn(hd, stage_fn(pr, x_), target)
+            return loss_sum, n
+
+        loss, vjp, count = jax.vjp(stage_loss, params, head, x, has_aux=True)
+        dparams, dhead, dx = vjp(jnp.ones_like(loss))
+        return loss, count, dparams, dhead, dx
+
+    return forward, backward, backward_last
 
 
 def reference_pipeline(
@@ -67,25 +95,7 @@ def reference_pipeline(
     def targets_of(i: int) -> PyTree:
         return jax.tree.map(lambda a: a[i], targets)
 
-    forward = jax.jit(stage_fn)
-
-    @jax.jit
-    def backward(params: PyTree, x: jax.Array, g: jax.Array) -> tuple[PyTree, jax.Array]:
-        _, vjp = jax.vjp(stage_fn, params, x)
-        dparams, dx = vjp(g)
-        return dparams, dx
-
-    @jax.jit
-    def backward_last(
-        params: PyTree, head: PyTree, x: jax.Array, target: PyTree
-    ) -> tuple[Any, ...]:
-        def stage_loss(pr: PyTree, hd: PyTree, x_: jax.Array) -> tuple[jax.Array, jax.Array]:
-            loss_sum, n = loss_fn(hd, stage_fn(pr, x_), target)
-            return loss_sum, n
-
-        loss, vjp, count = jax.vjp(stage_loss, params, head, x, has_aux=True)
-        dparams, dhead, dx = vjp(jnp.ones_like(loss))
-        return loss, count, dparams, dhead, dx
+    forward, backward, backward_last = _jitted_ops(stage_fn, loss_fn)
 
     stash: list[dict[tuple[int, int], jax.Array]] = [{} for _ in range(p)]
     cotangents: list[dict[tuple[int, int], jax.Array]] = [{} for _ in range(p)]
@@ -95,6 +105,7 @@ def reference_pipeline(
     loss_sum: Any = 0.0
     count: Any = 0
     trace = np.full((schedule.num_ticks, p, 4), -1, np.int32)
+    trace[..., 0] = Op.IDLE
 
     def take(
         store: dict[tuple[int, int], jax.Array], key: tuple[int, int], what: str, t: int, s: int
