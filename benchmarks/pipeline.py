@@ -1,0 +1,226 @@
+"""Pipeline schedules: per-device memory as microbatches grow, bubbles, and step time.
+
+Model: the project's GPT (``titanax.models``: ``gpt_embed`` / ``gpt_blocks`` / ``gpt_head``),
+8 layers, pipelined over p = 4 simulated CPU devices (2 layers per stage; 1 per chunk for
+interleaved 1F1B with v = 2).
+
+1. Memory — per-device ``temp_size_in_bytes`` from the compiled memory analysis
+   (``jit(...).lower(...).compile().memory_analysis()``) of the compiled schedule alone
+   (``make_pipeline``: the blocks' loss and gradients for ``m`` microbatches of the embedded
+   batch; inputs are arguments, gradients outputs), for m = p, 2p, 4p at a fixed microbatch
+   size. 1F1B should stay flat in m and GPipe grow by one microbatch activation per
+   microbatch (its stash). Goal: 1F1B ÷ GPipe ≤ 1.3·p/m at m = 4p.
+2. Bubble fraction of each schedule from its tick table (unit-time F and B).
+3. Step time — the whole model's loss and gradients (``pipeline_value_and_grad``, 4 devices)
+   ÷ ``jax.value_and_grad`` of the same model on 1 device, same global batch (m = 2p),
+   median of timed calls after a warm-up. All simulated devices share this machine's cores,
+   so the ratio shows the schedule's overhead (ticks, recomputation, sends), not a speed-up.
+
+Run: ``python benchmarks/pipeline.py``; prints tables, writes ``benchmarks/results/pipeline.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import time
+from typing import Any
+
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from titanax.mesh import MeshSpec
+from titanax.models import (
+    GPTConfig,
+    cross_entropy,
+    gpt_blocks,
+    gpt_embed,
+    gpt_head,
+    gpt_init,
+)
+from titanax.pipeline import (
+    build_schedule,
+    make_pipeline,
+    pipeline_value_and_grad,
+    to_storage_order,
+)
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+P = 4
+MICROBATCH = 4  # sequences per microbatch
+CONFIG = GPTConfig(vocab_size=256, seq_len=64, d_model=64, n_heads=4, n_layers=8)
+KINDS = (("gpipe", 1), ("1f1b", 1), ("interleaved", 2))
+
+
+def embed(rest: dict[str, Any], tokens: jax.Array) -> jax.Array:
+    return gpt_embed(rest, tokens, config=CONFIG)
+
+
+def blocks(chunk: dict[str, Any], x: jax.Array) -> jax.Array:
+    return gpt_blocks(chunk, x, config=CONFIG)
+
+
+def head_loss(rest: dict[str, Any], y: jax.Array, labels: jax.Array) -> tuple[jax.Array, Any]:
+    return cross_entropy(gpt_head(rest, y, config=CONFIG), labels)
+
+
+def one_device_loss(params: dict[str, Any], tokens: jax.Array, labels: jax.Array) -> jax.Array:
+    rest = {k: v for k, v in params.items() if k != "blocks"}
+    total, count = head_loss(rest, blocks(params["blocks"], embed(rest, tokens)), labels)
+    return total / count
+
+
+def shapes(tree: Any) -> Any:
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+def memory_rows(params: dict[str, Any], mesh: jax.sharding.Mesh) -> list[dict[str, Any]]:
+    rest = {k: v for k, v in params.items() if k != "blocks"}
+    act = (MICROBATCH, CONFIG.seq_len, CONFIG.d_model)
+    act_bytes = int(np.prod(act)) * 4
+    rows = []
+    for kind, v in KINDS:
+        for m in (P, 2 * P, 4 * P):
+            schedule = build_schedule(kind, stages=P, microbatches=m, virtual_stages=v)
+            fn = make_pipeline(blocks, head_loss, mesh=mesh, schedule=schedule)
+            args = (
+                shapes(params["blocks"]),
+                shapes(rest),
+                jax.ShapeDtypeStruct((m, *act), jnp.float32),
+                jax.ShapeDtypeStruct((m, MICROBATCH, CONFIG.seq_len), jnp.int32),
+            )
+            analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+            rows.append(
+                {
+                    "schedule": kind,
+                    "virtual_stages": v,
+                    "microbatches": m,
+                    "temp_bytes": int(analysis.temp_size_in_bytes),
+                    "argument_bytes": int(analysis.argument_size_in_bytes),
+                    "output_bytes": int(analysis.output_size_in_bytes),
+                    "stash_slots": schedule.stash_size,
+                    "cotangent_slots": schedule.cotangent_slots,
+                    "activation_bytes": act_bytes,
+                    "bubble_fraction": schedule.bubble_fraction,
+                    "ticks": schedule.num_ticks,
+                }
+            )
+            print(
+                f"  memory {kind:11s} m={m:2d}: temp {rows[-1]['temp_bytes'] / 2**20:7.3f} MiB",
+                flush=True,
+            )
+    return rows
+
+
+def _median_time(fn: Any, args: tuple[Any, ...], repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile + warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))  # blocked: CPU collectives must not queue (jax 0.10)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def step_rows(
+    params: dict[str, Any], mesh: jax.sharding.Mesh, repeats: int
+) -> list[dict[str, Any]]:
+    m = 2 * P
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, CONFIG.vocab_size, (m * MICROBATCH, CONFIG.seq_len + 1), np.int32)
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    base = _median_time(
+        jax.jit(jax.value_and_grad(one_device_loss)), (params, inputs, labels), repeats
+    )
+    rows = [{"schedule": "unpipelined (1 device)", "step_s": base, "ratio": 1.0}]
+    for kind, v in KINDS:
+        schedule = build_schedule(kind, stages=P, microbatches=m, virtual_stages=v)
+        fn = jax.jit(
+            pipeline_value_and_grad(embed, blocks, head_loss, mesh=mesh, schedule=schedule)
+        )
+        stored = {**params, "blocks": to_storage_order(params["blocks"], schedule)}
+        seconds = _median_time(fn, (stored, inputs, labels), repeats)
+        rows.append({"schedule": kind, "step_s": seconds, "ratio": seconds / base})
+        print(f"  step {kind:11s}: {seconds * 1e3:8.2f} ms", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    mesh = MeshSpec(axes=("pipeline",), shape=(P,), devices=P).build()
+    params = gpt_init(CONFIG, jax.random.key(0), stacked=True)
+    memory = memory_rows(params, mesh)
+    steps = step_rows(params, mesh, args.repeats)
+
+    print(
+        f"\nGPT d_model={CONFIG.d_model}, seq={CONFIG.seq_len}, layers={CONFIG.n_layers}; "
+        f"p={P}, microbatch={MICROBATCH} sequences "
+        f"(one activation A = {memory[0]['activation_bytes'] / 1024:.0f} KiB)\n"
+    )
+    print("| schedule | m | ticks | bubble | stash + cotangent slots | temp / device (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for row in memory:
+        print(
+            f"| {row['schedule']} | {row['microbatches']} | {row['ticks']} | "
+            f"{row['bubble_fraction']:.3f} | {row['stash_slots']} + {row['cotangent_slots']} | "
+            f"{row['temp_bytes'] / 2**20:.3f} |"
+        )
+    temp = {(r["schedule"], r["microbatches"]): r["temp_bytes"] for r in memory}
+    m_big = 4 * P
+    ratio = temp[("1f1b", m_big)] / temp[("gpipe", m_big)]
+    goal = 1.3 * P / m_big
+    growth = {
+        kind: (temp[(kind, m_big)] - temp[(kind, P)])
+        / ((m_big - P) * memory[0]["activation_bytes"])
+        for kind, _ in KINDS
+    }
+    print(
+        f"\n1F1B ÷ GPipe temp at m = {m_big}: {ratio:.3f} (goal <= 1.3·p/m = {goal:.3f}: "
+        f"{'met' if ratio <= goal else 'NOT met'}); growth per extra microbatch, in "
+        f"activations A: " + ", ".join(f"{k} {g:.2f}" for k, g in growth.items())
+    )
+    print("\n| step (m = 2p) | median (ms) | ÷ unpipelined |\n|---|---|---|")
+    for row in steps:
+        print(f"| {row['schedule']} | {row['step_s'] * 1e3:.2f} | {row['ratio']:.2f} |")
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "pipeline.json"
+    out.write_text(
+        json.dumps(
+            {
+                "model": {
+                    "d_model": CONFIG.d_model,
+                    "seq_len": CONFIG.seq_len,
+                    "n_layers": CONFIG.n_layers,
+                    "n_heads": CONFIG.n_heads,
+                    "vocab_size": CONFIG.vocab_size,
+                },
+                "stages": P,
+                "microbatch_sequences": MICROBATCH,
+                "memory": memory,
+                "one_f_one_b_over_gpipe_at_4p": ratio,
+                "goal": goal,
+                "goal_met": ratio <= goal,
+                "growth_per_microbatch_in_activations": growth,
+                "step": steps,
+                "seconds": time.perf_counter() - start,
+                "jax": jax.__version__,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
