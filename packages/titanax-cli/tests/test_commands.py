@@ -170,3 +170,24 @@ def test_ckpt_inspect_of_nothing(tmp_path: pathlib.Path) -> None:
     assert code == 1
     assert "CheckpointError" in out
     assert "no complete checkpoint step" in out
+
+
+def test_schedule_draws_the_timeline_and_reports_the_bubble(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "one.png"
+    code, text = _invoke(
+        "schedule", "1f1b", "--stages", "4", "--microbatches", "8", "--out", str(out)
+    )
+    assert code == 0, text
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "1f1b schedule: stages=4, microbatches=8" in text
+    assert "bubble 27.3% of 22 ticks × 4 stages" in text  # (p-1)/(m+p-1) = 3/11
+    out = tmp_path / "two.png"
+    code, text = _invoke(
+        "schedule", "interleaved", "-p", "2", "-m", "4", "-v", "2", "--out", str(out)
+    )
+    assert code == 0, text
+    assert "virtual_stages=2" in text
+    assert out.is_file()
+    code, text = _invoke("schedule", "gpipe", "-p", "2", "-m", "2", "-v", "2")
+    assert code == 1
+    assert "PipelineError" in text

@@ -94,8 +94,9 @@ class RunConfig:
         (``titanax run tp``). A mode that differs from the command's is an error.
       steps: train until this step (a resumed run continues up to it).
       seed: seed of the parameters, dropout and the data order.
-      cpu_devices: simulate this many CPU devices (the JAX CPU backend, before JAX starts);
-        ``None`` uses the devices JAX finds. ``--cpu-devices`` overrides it.
+      cpu_devices: simulate this many CPU devices per process (the JAX CPU backend, set
+        before JAX starts); ``None`` uses the devices JAX finds. ``--cpu-devices`` overrides it,
+        and so does ``titanax launch``'s per-process count.
       eval_every: steps between validation runs (``None``: only at the end).
       eval_batches: validation batches per evaluation (``None``: the whole validation split).
       compilation_cache: a directory for JAX's persistent compilation cache (``None``: off);

@@ -288,7 +288,8 @@ def _synthetic(config: DataConfig, model: ModelConfig) -> Splits:
         # A first-order Markov chain with four likely successors per token: learnable quickly.
         successors = rng.integers(0, vocab, size=(vocab, 4))
         n = config.num_samples * model.seq_len + 1
-        n_valid = max(model.seq_len + 1, round(n * config.valid_percent / 100))
+        windows = max(1, round(config.num_samples * config.valid_percent / 100))
+        n_valid = windows * model.seq_len + 1
         tokens = np.empty(n + n_valid, np.uint16)
         tokens[0] = 0
         picks = rng.integers(0, 4, size=tokens.size)

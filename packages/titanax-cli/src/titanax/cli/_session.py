@@ -52,9 +52,16 @@ class Session:
     devices: str
 
 
-def _cpu_devices(option: int | None, loaded: LoadedConfig) -> tuple[int | None, str]:
+def _cpu_devices(
+    option: int | None, loaded: LoadedConfig, *, launched: bool
+) -> tuple[int | None, str]:
+    """Simulated CPU devices per process: ``--cpu-devices``, else ``titanax launch``'s count,
+    else ``run.cpu_devices``; ``(None, "")`` for the devices JAX finds."""
     if option is not None:
         return (None, "") if option == 0 else (option, f"--cpu-devices {option}")
+    env = os.environ.get("JAX_NUM_CPU_DEVICES", "")
+    if launched and env.isdigit() and int(env) > 0:
+        return int(env), f"{env} per process from titanax launch"
     run = loaded.sections.get("run")
     if run is not None and run.cpu_devices is not None:
         return run.cpu_devices, f"run.cpu_devices: {run.cpu_devices}"
@@ -79,29 +86,42 @@ def prepare(
       overrides: ``--set key.path=value`` strings.
       command: the mode of ``titanax run <mode>`` (``None`` for describe/validate: ``run.mode``
         or the mode the plan implies).
-      cpu_devices: ``--cpu-devices``: simulate this many CPU devices (``0``: use the devices
-        JAX finds even if the config asks for simulated ones; ``None``: as the config says).
+      cpu_devices: ``--cpu-devices``: simulate this many CPU devices per process (``0``: use
+        the devices JAX finds even if the config asks for simulated ones; ``None``: as
+        ``titanax launch`` or the config says).
 
     Returns:
       The :class:`Session`.
 
+    When the ``TITANAX_*`` variables of a multi-process launch are set (``titanax launch``,
+    see ``titanax.mesh.ENV_VARS``), the process joins the run with
+    ``titanax.mesh.initialize_distributed()`` before anything touches the devices.
+
     Raises:
       ConfigError: every problem found, each with its location.
       CLIError: the devices cannot be set up.
+      DistributedError: joining the multi-process run failed.
     """
     loaded = read_config(path, overrides)
-    count, chosen_by = _cpu_devices(cpu_devices, loaded)
+    from titanax.mesh import ENV_VARS, initialize_distributed
+
+    launched = bool(os.environ.get(ENV_VARS["coordinator_address"]))
+    count, chosen_by = _cpu_devices(cpu_devices, loaded, launched=launched)
     configure_devices(count)
     import jax
+
+    if launched:  # one process of a multi-process run (titanax launch sets TITANAX_*)
+        initialize_distributed()
 
     run = loaded.sections.get("run")
     if run is not None and run.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(run.compilation_cache))
 
     devices = jax.devices()
-    if count is not None and len(devices) != count:
+    local = jax.local_device_count()
+    if count is not None and local != count:
         raise CLIError(
-            f"asked for {count} simulated CPU devices ({chosen_by}) but JAX has {len(devices)} "
+            f"asked for {count} simulated CPU devices ({chosen_by}) but JAX has {local} "
             f"{devices[0].platform} device(s); run `titanax` in a fresh process."
         )
     devices_text = (

@@ -109,6 +109,10 @@ def train(session: Session, console: Any) -> RunResult:
     config = session.config
     run_dir = pathlib.Path(config.run.dir).expanduser()
     main = jax.process_index() == 0
+    if not main:  # one voice per run: process 0 reports, the others train quietly
+        from rich.console import Console
+
+        console = Console(quiet=True)
     sizes = " × ".join(f"{a}={s}" for a, s in session.mesh.shape.items())
     console.print(
         f"[bold]titanax run {session.mode}[/bold] {session.loaded.source} -> {run_dir}\n"

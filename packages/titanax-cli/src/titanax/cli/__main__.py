@@ -1,0 +1,7 @@
+"""``python -m titanax.cli``: the ``titanax`` command."""
+
+import sys
+
+from titanax.cli._app import main
+
+sys.exit(main())
