@@ -289,3 +289,36 @@ def wheels(session: nox.Session) -> None:
             external=True,
             env={"JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"},
         )
+
+
+# Documentation tools, pinned here because uv.lock does not cover them (docs-only, never a
+# dependency of a distribution). Bump them together and rebuild: the build is strict.
+DOCS_TOOLS = [
+    "mkdocs==1.6.1",
+    "mkdocs-material==9.8.2",
+    "mkdocstrings==1.0.8",
+    "mkdocstrings-python==2.0.11",
+    "ruff",  # formats the rendered signatures (pinned by uv.lock)
+]
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def docs(session: nox.Session) -> None:
+    """Builds the documentation site (mkdocs --strict: any warning fails) into .nox/site, then
+    checks that every name of every package's __all__ has an entry in the API reference."""
+    editable = [arg for dist in PACKAGES for arg in ("-e", str(PACKAGE_DIRS[dist]))]
+    _install(session, *editable, *DOCS_TOOLS)
+    site = ROOT / ".nox" / "site"
+    session.run(
+        "mkdocs",
+        "build",
+        "--strict",
+        "--config-file",
+        str(ROOT / "mkdocs.yml"),
+        "--site-dir",
+        str(site),
+        # The schedule hook imports titanax.pipeline (JAX on CPU is enough); the variable below
+        # silences Material's end-of-life banner, which is not a build warning.
+        env={"JAX_PLATFORMS": "cpu", "NO_MKDOCS_2_WARNING": "1"},
+    )
+    session.run("python", str(ROOT / "docs" / "check_public_names.py"), str(site))
