@@ -305,7 +305,8 @@ DOCS_TOOLS = [
 @nox.session(python=DEFAULT_PYTHON)
 def docs(session: nox.Session) -> None:
     """Builds the documentation site (mkdocs --strict: any warning fails) into .nox/site, then
-    checks that every name of every package's __all__ has an entry in the API reference."""
+    checks that every name of every package's __all__ has an entry in the API reference and
+    every error class a section in docs/troubleshooting.md."""
     editable = [arg for dist in PACKAGES for arg in ("-e", str(PACKAGE_DIRS[dist]))]
     _install(session, *editable, *DOCS_TOOLS)
     site = ROOT / ".nox" / "site"

@@ -7,7 +7,10 @@ package (``titanax.mesh.collectives``, ``titanax.sharding.tp_rules``) contribute
 ``__all__`` too, and so does every public plain module ``packages/*/src/titanax/<name>.py``
 (``titanax.quickstart``). Each name must have an anchor ``id="<module>.<name>"`` — the heading
 mkdocstrings writes for a documented object — in one of the pages under ``SITE_DIR/api/``.
-Exit status 1 lists every missing name.
+
+It also checks that every error class defined in the packages' sources (``class ...Error``)
+has its section (``### <Name>``) in ``docs/troubleshooting.md``. Exit status 1 lists every
+missing name.
 """
 
 from __future__ import annotations
@@ -62,6 +65,26 @@ def documented_ids(site: pathlib.Path) -> set[str]:
     return ids
 
 
+def error_classes() -> list[str]:
+    """Names of every ``class <Name>Error`` defined in the packages' sources."""
+    names: set[str] = set()
+    for source in ROOT.glob("packages/*/src/titanax/**/*.py"):
+        tree = ast.parse(source.read_text(), filename=str(source))
+        names.update(
+            node.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error")
+        )
+    return sorted(names)
+
+
+def undocumented_errors() -> list[str]:
+    """Error classes without a ``### <Name>`` section in docs/troubleshooting.md."""
+    page = (ROOT / "docs" / "troubleshooting.md").read_text()
+    headings = set(re.findall(r"^### (\w+)\s*$", page, flags=re.MULTILINE))
+    return [name for name in error_classes() if name not in headings]
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         sys.stderr.write(f"usage: {argv[0]} SITE_DIR\n")
@@ -80,15 +103,25 @@ def main(argv: list[str]) -> int:
             total += 1
             if f"{module}.{name}" not in ids:
                 missing.append(f"{module}.{name}")
+    errors = undocumented_errors()
+    if errors:
+        sys.stderr.write(
+            f"{len(errors)} error class(es) have no section in docs/troubleshooting.md: "
+            f"{errors}. Add a '### <Name>' section with causes and fixes.\n"
+        )
     if missing:
         sys.stderr.write(
             f"{len(missing)} public name(s) have no entry in the API reference ({site}/api):\n"
             + "".join(f"  {name}\n" for name in missing)
             + "Add the module to a page under docs/api/ (`::: module`) or document the name.\n"
         )
+    if missing or errors:
         return 1
     modules = len(public_names())
-    sys.stdout.write(f"API reference: all {total} public names of {modules} modules documented.\n")
+    sys.stdout.write(
+        f"API reference: all {total} public names of {modules} modules documented; "
+        f"troubleshooting: all {len(error_classes())} error classes.\n"
+    )
     return 0
 
 
