@@ -244,7 +244,7 @@ def _toy_loss(params: dict[str, Any], tokens: jax.Array, labels: jax.Array) -> j
 def test_interleaved_tied_embedding_grads_match_in_natural_order() -> None:
     schedule = build_schedule("interleaved", stages=2, microbatches=4, virtual_stages=2)
     mesh = MeshSpec(axes=("pipeline",), shape=(2,), devices=2).build()
-    params = _toy_params(n_layers=8)  # 2 layers per chunk
+    params = _toy_params(n_layers=4)
     tokens, labels = _data(1)[0]
     fn = pipeline_value_and_grad(
         _toy_pre, _toy_stage, _toy_post, mesh=mesh, schedule=schedule, bubble_fill=float("nan")

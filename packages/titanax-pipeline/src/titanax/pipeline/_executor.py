@@ -9,15 +9,15 @@ How one step runs (per device ``s`` of the pipeline axis; see /work/shared/PIPEL
 
 * ``lax.scan`` over the ``T`` ticks of the schedule's table. Each device reads its own row
   (``axis_index``) and a ``lax.switch`` runs only its op: idle, ``F`` (stage forward of one
-  microbatch on one layer chunk, output sent on), ``B`` (the stage forward recomputed from the
-  stashed input under ``jax.vjp`` and applied to the arrived cotangent: parameter gradients go
-  into running sums, the input cotangent is sent back), or ``B`` on the last virtual stage
-  (forward, loss and their VJP from the stashed input: the loss starts the backward there). A
-  forward on the last virtual stage only holds its input for that backward.
+  microbatch on one layer chunk, output sent on) or ``B`` (the stage forward recomputed from
+  the stashed input under ``jax.vjp`` and applied to the arrived cotangent — on the last
+  virtual stage to the cotangent of the loss of its own output: parameter gradients go into
+  running sums, the input cotangent is sent back). A forward on the last virtual stage only
+  holds its input for that backward.
 * After the switch, on every device and every tick, one ``ppermute`` sends the forward output
   to the next stage and one sends the input cotangent to the previous stage (a ring when
-  ``virtual_stages > 1``). Collectives never sit inside a branch, so no device can wait on a
-  collective that another skips.
+  ``virtual_stages > 1``). No pipeline-axis collective sits inside a branch that depends on
+  the device, so no device can wait on a collective that another skips.
 * Arriving messages go into bounded buffers whose slots the host assigned from the table: a
   stash of ``schedule.stash_size`` stage inputs and ``schedule.cotangent_slots`` cotangents.
   1F1B keeps about ``p`` microbatch inputs per stage; GPipe keeps ``m``.
@@ -362,27 +362,32 @@ def make_pipeline(
             def backward(ops: tuple[Any, ...]) -> tuple[Any, ...]:
                 acc, hacc, loss, count, _, gbuf, row = ops
                 ch = row[_CHUNK]
-                _, vjp = jax.vjp(stage_fn, chunk_of(sp, ch), stage_input(ops))
-                dparams, dx = vjp(lax.dynamic_index_in_dim(gbuf, row[_GS], 0, False))
-                return add_chunk(acc, dparams, ch), hacc, loss, count, dx
+                y, vjp = jax.vjp(stage_fn, chunk_of(sp, ch), stage_input(ops))
 
-            def backward_last(ops: tuple[Any, ...]) -> tuple[Any, ...]:
-                acc, hacc, loss, count, _, _, row = ops
-                ch = row[_CHUNK]
-                tg_mb = jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, row[_MB], 0, False), tg)
+                def from_loss(sums: tuple[Any, Any, Any]) -> tuple[Any, ...]:
+                    # Last virtual stage: the loss of its own output starts the backward.
+                    hacc_, loss_, count_ = sums
+                    tg_mb = jax.tree.map(
+                        lambda a: lax.dynamic_index_in_dim(a, row[_MB], 0, False), tg
+                    )
+                    loss_i, vjp_loss, count_i = jax.vjp(
+                        lambda head, out: loss_fn(head, out, tg_mb), hp, y, has_aux=True
+                    )
+                    dhead, g = vjp_loss(jnp.ones_like(loss_i))
+                    hacc_ = jax.tree.map(jnp.add, hacc_, dhead)
+                    return g, hacc_, loss_ + loss_i, count_ + count_i
 
-                def stage_loss(
-                    params: PyTree, head: PyTree, x: jax.Array
-                ) -> tuple[jax.Array, jax.Array]:
-                    loss_sum, n = loss_fn(head, stage_fn(params, x), tg_mb)
-                    return loss_sum, n
+                def from_next(sums: tuple[Any, Any, Any]) -> tuple[Any, ...]:
+                    g = lax.dynamic_index_in_dim(gbuf, jnp.maximum(row[_GS], 0), 0, False)
+                    return (g, *sums)
 
-                loss_i, vjp, count_i = jax.vjp(
-                    stage_loss, chunk_of(sp, ch), hp, stage_input(ops), has_aux=True
+                # One copy of the stage's backward in the program; only the cotangent's source
+                # differs between the last virtual stage and the others.
+                g, hacc, loss, count = lax.cond(
+                    row[_BRANCH] == _BWD_LAST, from_loss, from_next, (hacc, loss, count)
                 )
-                dparams, dhead, dx = vjp(jnp.ones_like(loss_i))
-                hacc = jax.tree.map(jnp.add, hacc, dhead)
-                return add_chunk(acc, dparams, ch), hacc, loss + loss_i, count + count_i, dx
+                dparams, dx = vjp(g)
+                return add_chunk(acc, dparams, ch), hacc, loss, count, dx
 
             def tick(carry: dict[str, Any], rows: jax.Array) -> tuple[dict[str, Any], Any]:
                 row = lax.dynamic_index_in_dim(rows, stage, 0, False)
@@ -391,7 +396,7 @@ def make_pipeline(
                 # One op per stage and tick, so one message buffer: the forward output after F,
                 # the input cotangent after B (`fill` when idle).
                 acc, hacc, loss, count, msg = lax.switch(
-                    row[_BRANCH], [idle, forward, backward, backward_last], ops
+                    jnp.minimum(row[_BRANCH], _BWD), [idle, forward, backward], ops
                 )
                 # The first virtual stage (device 0) computed an input cotangent: every device
                 # evaluates the same predicate from the constant table, so the psum inside the
