@@ -70,6 +70,13 @@ def test_value_and_grad_normalizes_sums_by_weight() -> None:
     assert_trees_allclose(grads, ref_grads, rtol=1e-5)
 
 
+def test_python_number_weight_is_accepted() -> None:
+    params = make_params()
+    state = TrainState.create(params=params, tx=optax.sgd(0.1))
+    loss, _ = state.value_and_grad(lambda p: (jnp.sum(p["w"] ** 2), 4.0))(params)
+    np.testing.assert_allclose(float(loss), float(jnp.sum(params["w"] ** 2)) / 4.0, rtol=1e-6)
+
+
 def test_accumulation_4_vs_1_with_ragged_mask() -> None:
     params = make_params()
     base = TrainState.create(params=params, tx=optax.sgd(0.1))

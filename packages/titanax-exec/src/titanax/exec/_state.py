@@ -225,6 +225,7 @@ class TrainState:
                 loss_sum, weight = value
             else:
                 loss_sum, weight = value, jnp.ones((), jnp.float32)
+            loss_sum, weight = jnp.asarray(loss_sum), jnp.asarray(weight)
             if jnp.ndim(loss_sum) != 0 or jnp.ndim(weight) != 0:
                 raise ExecError(
                     "value_and_grad: loss_fn must return a scalar mean loss or a (loss_sum, "
