@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from titanax.mesh import MeshSpec
 from titanax.pipeline import (
@@ -214,6 +216,27 @@ def test_result_is_replicated_and_grads_stay_sharded() -> None:
         pipe, problem["blocks"], problem["head"], problem["inputs"], problem["targets"]
     )
     assert shaped.trace is None
+
+
+@pytest.mark.devices(4)
+def test_explicit_data_axis() -> None:
+    """With Explicit axes nothing is resharded for us: buffers follow the inputs' sharding."""
+    mesh = MeshSpec(
+        axes=("data", "pipeline"), shape=(2, 2), devices=4, axis_types="explicit"
+    ).build()
+    schedule = build_schedule("1f1b", stages=2, microbatches=2)
+    problem = make_problem(2, 2)
+    pipe = make_pipeline(stage_fn, loss_fn, mesh=mesh, schedule=schedule, bubble_fill=np.nan)
+    batch = NamedSharding(mesh, P(None, "data"))
+    args = (
+        jax.device_put(problem["blocks"], NamedSharding(mesh, P("pipeline"))),
+        jax.device_put(problem["head"], NamedSharding(mesh, P())),
+        jax.device_put(problem["inputs"], batch),
+        jax.device_put(problem["targets"], batch),
+    )
+    with jax.set_mesh(mesh):
+        out = jax.tree.map(np.asarray, jax.jit(pipe)(*args))
+    assert_close(out, unpipelined(problem))
 
 
 # ----- errors ---------------------------------------------------------------------------------

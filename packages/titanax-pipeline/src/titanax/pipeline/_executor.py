@@ -281,7 +281,7 @@ def make_pipeline(
             f"make_pipeline: axis {axis!r} is not an axis of the mesh {dict(mesh.shape)}; "
             "pass axis= the name of the pipeline mesh axis."
         )
-    p, m, v = schedule.stages, schedule.microbatches, schedule.virtual_stages
+    p, v = schedule.stages, schedule.virtual_stages
     if mesh.shape[axis] != p:
         raise PipelineError(
             f"make_pipeline: the pipeline axis {axis!r} has size {mesh.shape[axis]} in the mesh "
@@ -309,16 +309,19 @@ def make_pipeline(
             stage = lax.axis_index(axis)
             # [L/p, ...] -> [v, L/(p·v), ...]: chunk j of this device is virtual stage j·p + s.
             sp = jax.tree.map(lambda a: a.reshape(v, per_chunk, *a.shape[1:]), sp)
+            # Input cotangents: the same on every device (pipeline-invariant), so the carry is
+            # the output buffer; entries never written stay `fill`. `full_like` keeps the
+            # inputs' sharding over the other (automatic or explicit) mesh axes.
+            gin = jnp.full_like(xs, fill)
             hp, xs, tg = _to_varying((hp, xs, tg), axis)
-            act_shape, act_dtype = xs.shape[1:], xs.dtype
+            one = jnp.full_like(xs[0], fill)  # one microbatch activation, pipeline-varying
 
-            def filled(shape: tuple[int, ...]) -> jax.Array:
-                out: jax.Array = _to_varying(jnp.full(shape, fill, act_dtype), axis)
-                return out
+            def filled(count: int | None = None) -> jax.Array:
+                return one if count is None else jnp.broadcast_to(one, (count, *one.shape))
 
             carry = {
-                "stash": filled((n_slots, *act_shape)),
-                "gbuf": filled((n_gslots, *act_shape)),
+                "stash": filled(n_slots),
+                "gbuf": filled(n_gslots),
                 "acc": jax.tree.map(jnp.zeros_like, sp),
                 "hacc": jax.tree.map(jnp.zeros_like, hp),
                 "loss": jnp.zeros((), loss_aval.dtype),
@@ -328,9 +331,7 @@ def make_pipeline(
                 carry["stash_tag"] = jnp.full((n_slots,), -1, jnp.int32)
                 carry["gbuf_tag"] = jnp.full((n_gslots,), -1, jnp.int32)
             carry = _to_varying(carry, axis)
-            # Input cotangents: the same on every device (pipeline-invariant), so the carry is
-            # the output buffer; entries never written stay `fill`.
-            carry["gin"] = jnp.full((m, *act_shape), fill, act_dtype)
+            carry["gin"] = gin
 
             def chunk_of(tree: PyTree, ch: jax.Array) -> PyTree:
                 if v == 1:
@@ -352,7 +353,7 @@ def make_pipeline(
 
             def idle(ops: tuple[Any, ...]) -> tuple[Any, ...]:
                 acc, hacc, loss, count, _, _, _ = ops
-                return acc, hacc, loss, count, filled(act_shape)
+                return acc, hacc, loss, count, filled()
 
             def forward(ops: tuple[Any, ...]) -> tuple[Any, ...]:
                 acc, hacc, loss, count, _, _, row = ops
