@@ -50,7 +50,7 @@ def _find_uv() -> str:
 
 UV = _find_uv()
 nox.options.error_on_missing_interpreters = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-nox.options.sessions = ["lint", "mypy", "tests", "integration", "wheels"]
+nox.options.sessions = ["lint", "mypy", "tests", "integration", "wheels", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -154,6 +154,9 @@ def _install(session: nox.Session, *args: str) -> None:
 
 
 TEST_TOOLS = ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis"]
+# Suites dominated by XLA compiles run on two pytest-xdist workers (compiles are single-threaded).
+XDIST = ["-n", os.environ.get("TITANAX_TEST_WORKERS", "2")]
+HEAVY = {"titanax-exec", "titanax-io", "titanax-pipeline", "titanax-cli", "titanax-models"}
 
 
 @nox.session(python=PYTHONS)
@@ -172,6 +175,7 @@ def tests(session: nox.Session, package: str) -> None:
         "no:cacheprovider",
         f"--rootdir={ROOT}",
         "-q",
+        *(XDIST if package in HEAVY else []),
         *session.posargs,
     )
 
@@ -182,7 +186,9 @@ def integration(session: nox.Session) -> None:
     editable = [arg for dist in PACKAGES for arg in ("-e", str(PACKAGE_DIRS[dist]))]
     extras = sorted({r for dist in PACKAGES for r in _test_requirements(dist)})
     _install(session, *editable, *TEST_TOOLS, *extras)
-    session.run("pytest", str(ROOT / "tests"), "-p", "no:cacheprovider", "-q", *session.posargs)
+    session.run(
+        "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider", "-q", *XDIST, *session.posargs
+    )
 
 
 @nox.session(python=DEFAULT_PYTHON)
@@ -274,11 +280,13 @@ def wheels(session: nox.Session) -> None:
         modules = (
             [module] if module else [_module_of(d) for d in _local_closure(name, ("all",))[1:]]
         )
+        if name == "titanax":  # the meta-distribution's own plain module
+            modules.append("titanax.quickstart")
         check = "".join(
             f"import {m} as mod\n"
             f"missing = [n for n in mod.__all__ if not hasattr(mod, n)]\n"
             f"assert not missing, ('{m}', missing)\n"
-            f"print('{m}', mod.__version__, len(mod.__all__), 'public names')\n"
+            f"print('{m}', getattr(mod, '__version__', '-'), len(mod.__all__), 'public names')\n"
             for m in modules
             if m
         )
@@ -323,3 +331,12 @@ def docs(session: nox.Session) -> None:
         env={"JAX_PLATFORMS": "cpu", "NO_MKDOCS_2_WARNING": "1"},
     )
     session.run("python", str(ROOT / "docs" / "check_public_names.py"), str(site))
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def bench(session: nox.Session) -> None:
+    """Every benchmark, one process each, at XLA's default optimization level; writes
+    benchmarks/results/<name>.json and benchmarks/results/SUMMARY.md (see benchmarks/run_all.py)."""
+    editable = [arg for dist in PACKAGES for arg in ("-e", str(PACKAGE_DIRS[dist]))]
+    _install(session, *editable)
+    session.run("python", str(ROOT / "benchmarks" / "run_all.py"), *session.posargs)
