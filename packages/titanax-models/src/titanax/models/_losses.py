@@ -47,7 +47,11 @@ def softmax_cross_entropy_int(logits: jax.Array, labels: jax.Array) -> jax.Array
         raise ModelError(f"{api}: labels must be integer class ids, got dtype {labels.dtype}.")
     logits = logits.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    # A one-hot contraction rather than a gather: with the class dim sharded (a column-parallel
+    # LM head) it partitions into a local product and a sum, where XLA's SPMD partitioner
+    # aborts on the gather inside pipelined, data-sharded steps.
+    one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    picked = jnp.sum(logits * one_hot, axis=-1)
     return log_z - picked
 
 
