@@ -51,6 +51,14 @@ def by_path(tree: Any, specs: Any) -> dict[str, P]:
             r"PP: virtual_stages=2 needs schedule='interleaved' \(got '1f1b'\)",
         ),
         (
+            lambda: PP(stages=2, microbatches=4, schedule="interleaved"),
+            r"PP: schedule='interleaved' needs virtual_stages >= 2 \(got 1\)",
+        ),
+        (
+            lambda: PP(stages=4, microbatches=6, schedule="interleaved", virtual_stages=2),
+            r"microbatches divisible by stages .* got microbatches=6, stages=4",
+        ),
+        (
             lambda: PP(stages=2, microbatches=4, stacked=("",)),
             r"PP: stacked=\(''",
         ),
@@ -235,16 +243,12 @@ def test_validate_collects_every_problem(make_mesh) -> None:  # type: ignore[no-
 
 def test_validate_microbatches_message_names_both_values(make_mesh) -> None:  # type: ignore[no-untyped-def]
     mesh = make_mesh(("pipeline", "data"), (4, 2))
-    plan = Plan(
-        pipeline_parallel=PP(
-            "pipeline", stages=4, microbatches=2, schedule="interleaved", virtual_stages=2
-        )
-    )
+    plan = Plan(pipeline_parallel=PP("pipeline", stages=4, microbatches=2, schedule="1f1b"))
     with pytest.raises(
         ShardingError,
         match=re.escape(
-            "Plan.validate: PP(schedule='interleaved') has microbatches=2 < stages=4; "
-            "interleaved needs at least as many microbatches as stages to fill the pipeline. "
+            "Plan.validate: PP(schedule='1f1b') has microbatches=2 < stages=4; "
+            "1f1b needs at least as many microbatches as stages to fill the pipeline. "
             "Fix: use microbatches >= 4, or schedule='gpipe'."
         ),
     ):

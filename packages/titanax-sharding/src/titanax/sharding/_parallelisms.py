@@ -139,7 +139,8 @@ class PP:
 
     Raises:
       ShardingError: a bad axis, counts below 1, an unknown schedule, ``virtual_stages > 1``
-        without ``"interleaved"``, or empty/non-string ``stacked`` globs.
+        without ``"interleaved"``, ``"interleaved"`` with ``virtual_stages < 2`` or
+        ``microbatches`` not divisible by ``stages``, or empty/non-string ``stacked`` globs.
 
     References:
       Huang et al., "GPipe", 2019; Narayanan et al., "Efficient Large-Scale Language Model
@@ -164,6 +165,17 @@ class PP:
             raise ShardingError(
                 f"PP: virtual_stages={self.virtual_stages} needs schedule='interleaved' (got "
                 f"{self.schedule!r}). Use schedule='interleaved' or virtual_stages=1."
+            )
+        if self.schedule == "interleaved" and self.virtual_stages < 2:
+            raise ShardingError(
+                f"PP: schedule='interleaved' needs virtual_stages >= 2 (got "
+                f"{self.virtual_stages}); with one chunk per stage use schedule='1f1b'."
+            )
+        if self.schedule == "interleaved" and self.microbatches % self.stages:
+            raise ShardingError(
+                f"PP: schedule='interleaved' needs microbatches divisible by stages (Megatron's "
+                f"order); got microbatches={self.microbatches}, stages={self.stages}. Use a "
+                f"multiple of {self.stages}."
             )
         stacked = (self.stacked,) if isinstance(self.stacked, str) else tuple(self.stacked)
         if not all(isinstance(g, str) and g for g in stacked):
