@@ -191,3 +191,24 @@ def test_schedule_draws_the_timeline_and_reports_the_bubble(tmp_path: pathlib.Pa
     code, text = _invoke("schedule", "gpipe", "-p", "2", "-m", "2", "-v", "2")
     assert code == 1
     assert "PipelineError" in text
+
+
+def test_a_resumed_run_continues_exactly(tiny_dp: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    straight = ["--set", f"run.dir={tmp_path}/straight", "--set", "run.steps=3"]
+    code, out = _invoke("run", "dp", "-c", str(tiny_dp), *straight)
+    assert code == 0, out
+    split = ["--set", f"run.dir={tmp_path}/split"]
+    code, out = _invoke("run", "dp", "-c", str(tiny_dp), *split, "--set", "run.steps=2")
+    assert code == 0, out
+    code, out = _invoke("run", "dp", "-c", str(tiny_dp), *split, "--set", "run.steps=3")
+    assert code == 0, out
+    assert "Resuming from checkpoint step 2" in out
+    # Same data order (the loader's position is restored) and the same optimizer state.
+    a = _csv(tmp_path / "straight" / "metrics.csv")
+    b = _csv(tmp_path / "split" / "metrics.csv")
+    assert [r["step"] for r in b] == ["1", "2", "3"]
+    assert [r["loss"] for r in b] == [r["loss"] for r in a]
+    assert (
+        _csv(tmp_path / "split" / "eval.csv")[-1]["eval_loss"]
+        == (_csv(tmp_path / "straight" / "eval.csv")[-1]["eval_loss"])
+    )

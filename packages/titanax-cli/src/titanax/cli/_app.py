@@ -106,11 +106,9 @@ def _fail(err: BaseException) -> NoReturn:
         )
         for problem in err.problems:
             console.print(f"  {problem.line()}", markup=False)
-    elif isinstance(err, TitanaxError):
-        console.print("[bold red]error:[/bold red] ", end="")
-        console.print(f"{type(err).__name__}: {err}", markup=False)
-    else:
-        console.print("[bold red]error:[/bold red] ", end="")
+    else:  # a Titanax error says what to fix; anything else is unexpected (a bug, or the system)
+        kind = "" if isinstance(err, TitanaxError) else "unexpected "
+        console.print(f"[bold red]error:[/bold red] {kind}", end="")
         console.print(f"{type(err).__name__}: {err}", markup=False)
     if not _DEBUG["on"]:
         console.print("(run with --debug for the traceback)", style="dim")
