@@ -136,6 +136,11 @@ def test_run_dp_writes_the_run_directory_and_resumes(tiny_dp: pathlib.Path) -> N
     assert [r["step"] for r in _csv(root / "metrics.csv")] == ["1", "2", "3"]
     assert json.loads((root / "summary.json").read_text())["resumed_from"] == 2
 
+    code, out = _invoke("run", "dp", "-c", str(path), "--set", "run.steps=3")
+    assert code == 0, out
+    assert "already at step 3 >= run.steps=3: evaluating" in out
+    assert [r["step"] for r in _csv(root / "eval.csv")] == ["2", "3"]  # no row added
+
     code, out = _invoke("ckpt", "inspect", str(root))
     assert code == 0, out
     assert "step 3 of [1, 2, 3]" in out

@@ -194,7 +194,8 @@ def train(session: Session, console: Any) -> RunResult:
             scores = {k.removeprefix("eval_"): v for k, v in sinks.last_eval[1].items()}
         else:
             scores = engine.evaluate(recipe.eval_step, eval_data(), state=state)
-            sinks.write(final_step, {f"eval_{k}": v for k, v in scores.items()})
+            if final_step > start_step:  # a run that only re-evaluates adds no rows
+                sinks.write(final_step, {f"eval_{k}": v for k, v in scores.items()})
     finally:
         sinks.close()
         if checkpoint is not None:
