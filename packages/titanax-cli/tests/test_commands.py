@@ -217,3 +217,21 @@ def test_a_resumed_run_continues_exactly(tiny_dp: pathlib.Path, tmp_path: pathli
         _csv(tmp_path / "split" / "eval.csv")[-1]["eval_loss"]
         == (_csv(tmp_path / "straight" / "eval.csv")[-1]["eval_loss"])
     )
+
+
+def test_launch_runs_the_command_as_processes_of_one_run() -> None:
+    import sys
+
+    child = (
+        "import os; e = os.environ; print('rank', e['TITANAX_PROCESS_ID'], "
+        "e['JAX_NUM_CPU_DEVICES'])"
+    )
+    code, out = _invoke(
+        "launch", "--nproc", "2", "--cpu-devices-per-proc", "3", "--", sys.executable, "-c", child
+    )
+    assert code == 0, out
+    assert "[p0] rank 0 3" in out
+    assert "[p1] rank 1 3" in out
+    code, out = _invoke("launch", "--nproc", "0", "--", sys.executable, "-c", "pass")
+    assert code == 1
+    assert "LaunchError: titanax launch: --nproc 0 must be at least 1." in out

@@ -1,4 +1,4 @@
-"""The ``titanax`` command (Typer): run, describe, validate, ckpt inspect, plot, schedule.
+"""The ``titanax`` command (Typer): run, describe, validate, ckpt inspect, plot, schedule, launch.
 
 Nothing heavy is imported at module level: JAX must not start before ``--cpu-devices`` (or
 ``run.cpu_devices``) has been applied, and ``titanax --help`` should answer at once. Errors reach
@@ -307,6 +307,31 @@ def schedule(
         f"(GPipe/1F1B ideal (P-1)/(M+P-1) = {(stages - 1) / (microbatches + stages - 1):.1%}); "
         f"wrote {written}"
     )
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_handled
+def launch(
+    ctx: typer.Context,
+    nproc: Annotated[int, typer.Option("--nproc", "-n", help="Processes to start.")],
+    cpu_devices_per_proc: Annotated[
+        int | None,
+        typer.Option(help="Simulated CPU devices per process (default: the devices JAX finds)."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Coordinator port on 127.0.0.1 (default: a free one).")
+    ] = None,
+) -> None:
+    """Run a command as N processes of one JAX run on this machine (after [bold]--[/bold]).
+
+    [bold]titanax launch --nproc 2 --cpu-devices-per-proc 4 -- titanax run tp -c gpt.yaml[/bold]
+    """
+    from titanax.cli._launch import launch as launch_processes
+
+    code = launch_processes(
+        list(ctx.args), nproc=nproc, cpu_devices_per_proc=cpu_devices_per_proc, port=port
+    )
+    raise typer.Exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,7 +43,8 @@ class Splits:
 
     Attributes:
       kind: ``"tokens"`` (``TokenWindows``) or ``"images"`` (``{"x", "y"}`` arrays).
-      train, valid: the datasets for ``ShardedLoader``.
+      train: the training dataset for ``ShardedLoader``.
+      valid: the validation dataset.
       image_shape: ``(H, W)`` of the images (``()`` for tokens).
       num_classes: label count (images), or the vocabulary size (tokens).
       summary: lines describing the data, printed before training.

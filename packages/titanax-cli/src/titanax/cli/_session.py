@@ -31,10 +31,12 @@ class Session:
       config: the resolved config.
       loaded: the config as read (source file, locations).
       mode: ``"dp"``, ``"tp"`` or ``"pp"``.
-      mesh_spec, mesh: the declared and the built mesh.
+      mesh_spec: the declared mesh (``titanax.mesh.MeshSpec``).
+      mesh: the built ``jax.sharding.Mesh``.
       plan: the ``titanax.sharding.Plan``.
       model: the ``ModelRecipe``.
-      optimizer: the optax transformation; ``schedule`` its learning-rate schedule (or None).
+      optimizer: the optax transformation.
+      schedule: its learning-rate schedule (``None`` for a constant rate).
       precision: the ``titanax.exec.Precision``.
       devices: a description of the devices (``"8 cpu devices (--cpu-devices 8)"``).
     """

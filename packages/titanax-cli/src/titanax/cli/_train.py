@@ -37,7 +37,8 @@ class RunResult:
 
     Attributes:
       run_dir: the run directory.
-      start_step, final_step: the state's step before and after training.
+      start_step: the state's step before training (the checkpoint's, when resumed).
+      final_step: the state's step after training.
       resumed_from: the checkpoint step training resumed from (``None``: a fresh start).
       eval_metrics: the final validation metrics (``loss``, ``accuracy``, ...).
       stats: numbers about the data (``unigram_entropy`` for text).
