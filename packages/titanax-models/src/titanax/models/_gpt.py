@@ -303,7 +303,7 @@ def gpt_blocks(
       ModelError: leaves without a common leading dim, wrong paths or shapes, bad ``x``.
 
     References:
-      ``jax.lax.scan``; Titanax PIPELINE.md (stages over the stacked layer dim).
+      ``jax.lax.scan``; docs/concepts/pipeline.md (stages over the stacked layer dim).
     """
     api = "gpt_blocks"
     rate, key = _dropout(config, key, train)

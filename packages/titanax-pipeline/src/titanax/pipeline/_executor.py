@@ -5,7 +5,7 @@ into a function that runs every forward and backward of one training step inside
 ``jax.shard_map`` over the pipeline mesh axis — meant to be called inside the caller's
 ``jax.jit`` like any other loss-and-gradient function.
 
-How one step runs (per device ``s`` of the pipeline axis; see /work/shared/PIPELINE.md):
+How one step runs (per device ``s`` of the pipeline axis; see docs/concepts/pipeline.md):
 
 * ``lax.scan`` over the ``T`` ticks of the schedule's table. Each device reads its own row
   (``axis_index``) and a ``lax.switch`` runs only its op: idle, ``F`` (stage forward of one
@@ -268,7 +268,7 @@ def make_pipeline(
       >>> out = jax.jit(pipe)(blocks, head, inputs, targets)   # doctest: +SKIP
 
     References:
-      /work/shared/PIPELINE.md; ``jax.shard_map``, ``jax.lax.ppermute``, ``jax.lax.switch``.
+      docs/concepts/pipeline.md; ``jax.shard_map``, ``jax.lax.ppermute``, ``jax.lax.switch``.
     """
     if not isinstance(schedule, Schedule):
         raise PipelineError(

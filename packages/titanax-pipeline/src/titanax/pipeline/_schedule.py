@@ -333,7 +333,7 @@ class Schedule:
 
     References:
       Huang et al., GPipe (2019); Narayanan et al., PipeDream-Flush / 1F1B (2021) and
-      Megatron-LM interleaved 1F1B (SC'21); /work/shared/PIPELINE.md (Titanax design note).
+      Megatron-LM interleaved 1F1B (SC'21); docs/concepts/pipeline.md (Titanax design note).
     """
 
     kind: ScheduleKind
