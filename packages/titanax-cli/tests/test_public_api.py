@@ -18,6 +18,7 @@ def test_all_is_pinned() -> None:
         "DPConfig",
         "DataConfig",
         "FSDPConfig",
+        "FlaxNNXModel",
         "GPTModel",
         "LoggingConfig",
         "MLPModel",

@@ -1,4 +1,4 @@
-"""titanax.cli: the ``titanax`` command — YAML configs, training runs, describe/validate,
+"""titanax.cli: the ``titanax`` command — YAML configs, training runs, describe/validate/verify,
 checkpoint inspection, loss plots and pipeline schedule timelines."""
 
 from titanax.cli._app import main as main
@@ -7,6 +7,7 @@ from titanax.cli._config import CNNModel as CNNModel
 from titanax.cli._config import Config as Config
 from titanax.cli._config import DataConfig as DataConfig
 from titanax.cli._config import DPConfig as DPConfig
+from titanax.cli._config import FlaxNNXModel as FlaxNNXModel
 from titanax.cli._config import FSDPConfig as FSDPConfig
 from titanax.cli._config import GPTModel as GPTModel
 from titanax.cli._config import LoggingConfig as LoggingConfig
@@ -35,6 +36,7 @@ __all__ = [
     "DPConfig",
     "DataConfig",
     "FSDPConfig",
+    "FlaxNNXModel",
     "GPTModel",
     "LoggingConfig",
     "MLPModel",

@@ -1,4 +1,5 @@
-"""The ``titanax`` command (Typer): run, describe, validate, ckpt inspect, plot, schedule, launch.
+"""The ``titanax`` command (Typer): run, describe, validate, verify, ckpt inspect, plot, schedule,
+launch.
 
 Nothing heavy is imported at module level: JAX must not start before ``--cpu-devices`` (or
 ``run.cpu_devices``) has been applied, and ``titanax --help`` should answer at once. Errors reach
@@ -217,6 +218,45 @@ def validate(
         f"[bold green]ok[/bold green] {config}: mode {session.mode}, mesh {sizes} on "
         f"{session.devices}; {session.model.summary.removeprefix('model: ')}"
     )
+
+
+@app.command()
+@_handled
+def verify(
+    config: ConfigOption,
+    steps: Annotated[int, typer.Option("--steps", "-k", help="Training steps to compare.")] = 3,
+    set_: SetOption = None,
+    cpu_devices: DevicesOption = None,
+    mode: ModeOption = None,
+    shrink: Annotated[
+        bool,
+        typer.Option(
+            "--shrink/--no-shrink",
+            help="Shrink the model (divisibility kept) and use synthetic data; "
+            "--no-shrink keeps the config's sizes and data.",
+        ),
+    ] = True,
+) -> None:
+    """Check a layout's numerics: K steps under the plan vs. one device (exit code 1 on FAIL).
+
+    The config's model runs at a tiny size from the same initial parameters and batches under
+    the config's mesh and plan and on one device (for [bold]pp[/bold]: the unpipelined model);
+    prints the per-step loss difference and each parameter group's relative gradient
+    difference, PASS/FAIL against the compute dtype's tolerance.
+    """
+    from titanax.cli._verify import verify as verify_config
+
+    report = verify_config(
+        config,
+        _console(),
+        overrides=set_ or (),
+        steps=steps,
+        command=mode.value if mode else None,
+        cpu_devices=cpu_devices,
+        shrink=shrink,
+    )
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 @ckpt_app.command("inspect")

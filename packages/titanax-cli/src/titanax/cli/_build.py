@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from titanax.cli._config import (
     CNNModel,
     Config,
     DataConfig,
+    FlaxNNXModel,
     GPTModel,
     MeshConfig,
     MLPModel,
@@ -27,6 +29,7 @@ from titanax.cli._config import (
     ModelConfig,
     OptimizerConfig,
     PlanConfig,
+    token_geometry,
 )
 from titanax.cli._convert import closest
 from titanax.cli._errors import Problem
@@ -94,17 +97,23 @@ def build_plan(plan: PlanConfig, *, mode: Mode) -> Plan:
 
     The ``tp.rules: gpt`` preset is ``tp_rules.gpt(axis)``; in ``pp`` mode the GPT's blocks are
     stacked, so it becomes ``tp_rules.gpt(axis, stacked=True)`` and the PP record shards their
-    leading (layer) dim over the pipeline axis.
+    leading (layer) dim over the pipeline axis. ``flax_nnx`` and ``hf`` are
+    ``tp_rules.flax_nnx(axis)`` and ``tp_rules.hf(axis)``.
 
     Raises:
       ShardingError: a record or rule ``titanax.sharding`` rejects.
     """
     tp = None
     if plan.tp is not None:
-        if isinstance(plan.tp.rules, str):
-            rules = tp_rules.gpt(plan.tp.axis, stacked=mode == "pp")
+        preset = plan.tp.rules
+        if isinstance(preset, dict):
+            rules = Rules(list(preset.items()))
+        elif preset == "flax_nnx":
+            rules = tp_rules.flax_nnx(plan.tp.axis)
+        elif preset == "hf":
+            rules = tp_rules.hf(plan.tp.axis)
         else:
-            rules = Rules(list(plan.tp.rules.items()))
+            rules = tp_rules.gpt(plan.tp.axis, stacked=mode == "pp")
         tp = TP(plan.tp.axis, rules=rules)
     pp = None
     if plan.pp is not None:
@@ -281,6 +290,7 @@ def _gpt(model: GPTModel, batch_size: int, *, stacked: bool) -> ModelRecipe:
 
 def _classifier(model: MLPModel | CNNModel, data: DataConfig, batch_size: int) -> ModelRecipe:
     (h, w), classes = data_geometry(data)
+    init: Callable[[jax.Array], Any]
     apply: Callable[[Any, jax.Array], jax.Array]
     if isinstance(model, MLPModel):
         mlp = MLPConfig(sizes=(h * w, *model.hidden, classes), activation=model.activation)
@@ -307,6 +317,18 @@ def _classifier(model: MLPModel | CNNModel, data: DataConfig, batch_size: int) -
             f"model: CNN, conv channels {list(model.channels)}, dense {model.hidden}, "
             f"{classes} classes on {h}×{w} images"
         )
+    return _classification(init, apply, data, batch_size, summary)
+
+
+def _classification(
+    init: Callable[[jax.Array], Any],
+    apply: Callable[[Any, jax.Array], jax.Array],
+    data: DataConfig,
+    batch_size: int,
+    summary: str,
+) -> ModelRecipe:
+    """The recipe of an image classifier ``apply(params, x [B, H, W]) -> logits [B, classes]``."""
+    (h, w), _ = data_geometry(data)
 
     def loss(
         params: Any, batch: Mapping[str, Any], key: jax.Array | None, train: bool
@@ -335,14 +357,60 @@ def _classifier(model: MLPModel | CNNModel, data: DataConfig, batch_size: int) -
     )
 
 
-def build_model(model: ModelConfig, data: DataConfig, *, mode: Mode) -> ModelRecipe:
+def _flax_nnx(
+    model: FlaxNNXModel, data: DataConfig, batch_size: int, base_dir: pathlib.Path | None
+) -> ModelRecipe:
+    from titanax.cli._flax import flax_nnx_parts
+
+    init, apply, summary = flax_nnx_parts(model, base_dir=base_dir)
+    tokens_of = token_geometry(model)
+    if tokens_of is None:
+        return _classification(init, apply, data, batch_size, summary)
+
+    def loss(
+        params: Any, batch: Mapping[str, Any], key: jax.Array | None, train: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        del key, train
+        return cross_entropy(apply(params, batch["inputs"]), batch["targets"])
+
+    def metrics(params: Any, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
+        total, count = loss(params, batch, None, False)
+        return {"loss_sum": total, "count": count}
+
+    tokens = jax.ShapeDtypeStruct((batch_size, tokens_of[1]), jnp.int32)
+    return ModelRecipe(
+        init=init,
+        loss=loss,
+        metrics=metrics,
+        batch={"inputs": tokens, "targets": tokens},
+        gpt=None,
+        flops_per_token=None,
+        uses_dropout=False,
+        summary=summary,
+    )
+
+
+def build_model(
+    model: ModelConfig, data: DataConfig, *, mode: Mode, base_dir: pathlib.Path | None = None
+) -> ModelRecipe:
     """The :class:`ModelRecipe` of the ``model`` section (GPT blocks stacked in ``pp`` mode).
+
+    Args:
+      model: the ``model`` section.
+      data: the ``data`` section (batch size; image geometry of classifiers).
+      mode: ``"dp"``, ``"tp"`` or ``"pp"``.
+      base_dir: where relative ``model.module`` files of ``kind: flax_nnx`` are read from (the
+        config file's directory).
 
     Raises:
       ModelError: a configuration ``titanax.models`` rejects.
+      ConfigError: a ``flax_nnx`` module that cannot be loaded or built (see
+        :mod:`titanax.cli._flax`).
     """
     if isinstance(model, GPTModel):
         return _gpt(model, data.batch_size, stacked=mode == "pp")
+    if isinstance(model, FlaxNNXModel):
+        return _flax_nnx(model, data, data.batch_size, base_dir)
     return _classifier(model, data, data.batch_size)
 
 

@@ -28,12 +28,14 @@ from typing import Any, Literal, TypeAlias
 from titanax.cli._errors import ConfigError, Problem
 
 __all__ = [
+    "TP_PRESETS",
     "CNNModel",
     "CheckpointConfig",
     "Config",
     "DPConfig",
     "DataConfig",
     "FSDPConfig",
+    "FlaxNNXModel",
     "GPTModel",
     "LoggingConfig",
     "MLPModel",
@@ -47,6 +49,7 @@ __all__ = [
     "RunConfig",
     "ScheduleConfig",
     "TPConfig",
+    "token_geometry",
 ]
 
 Mode: TypeAlias = Literal["dp", "tp", "pp"]
@@ -211,14 +214,20 @@ class FSDPConfig:
         checks.raise_if_any()
 
 
+TP_PRESETS = ("gpt", "flax_nnx", "hf")
+"""Names of the ``plan.tp.rules`` presets: functions of ``titanax.sharding.tp_rules``."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class TPConfig:
     """Tensor parallelism (``titanax.sharding.TP``).
 
     Args:
       axis: the tensor axis.
-      rules: ``"gpt"`` (``titanax.sharding.tp_rules.gpt``, the project GPT's Megatron layout)
-        or a mapping ``{path glob: spec}`` with specs as lists (``[null, tensor]``).
+      rules: a preset of ``titanax.sharding.tp_rules`` — ``"gpt"`` (the project GPT's Megatron
+        layout), ``"flax_nnx"`` (Flax NNX module names: ``attn/query``, ``mlp/up``, ...) or
+        ``"hf"`` (Hugging Face Llama-style names) — or a mapping ``{path glob: spec}`` with
+        specs as lists (``[null, tensor]``).
     """
 
     axis: str = "tensor"
@@ -227,10 +236,11 @@ class TPConfig:
     def __post_init__(self) -> None:
         checks = _Checks()
         _identifier(checks, "axis", self.axis)
-        if isinstance(self.rules, str) and self.rules != "gpt":
+        if isinstance(self.rules, str) and self.rules not in TP_PRESETS:
+            presets = ", ".join(repr(p) for p in TP_PRESETS)
             checks.add(
                 "rules",
-                f"unknown preset {self.rules!r}; use 'gpt' or a mapping {{glob: spec}}.",
+                f"unknown preset {self.rules!r}; use one of {presets} or a mapping {{glob: spec}}.",
             )
         checks.raise_if_any()
 
@@ -362,7 +372,64 @@ class CNNModel:
         checks.raise_if_any()
 
 
-ModelConfig: TypeAlias = GPTModel | MLPModel | CNNModel
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class FlaxNNXModel:
+    """A Flax NNX model of your own (a ``flax.nnx.Module`` class), trained as it is written.
+
+    The CLI builds ``Class(**kwargs, rngs=nnx.Rngs(key))``, splits it with ``nnx.split`` into
+    its graph (kept static) and its ``nnx.Param`` state (a nested dict: the parameters the plan
+    lays out, paths such as ``blocks/0/attn/query/kernel``), and calls
+    ``nnx.merge(graph, params)(inputs)`` in the loss. Pair it with ``plan.tp.rules: flax_nnx``
+    (``titanax.sharding.tp_rules.flax_nnx``) or your own ``{glob: spec}`` rules.
+
+    Args:
+      module: the class: ``path/to/file.py:ClassName`` (relative to the config file's
+        directory, or absolute) or ``package.module:ClassName`` (imported). The code is
+        imported and run, like a training script.
+      kwargs: keyword arguments of the constructor (besides ``rngs``).
+      task: ``"lm"``: ``model(inputs [B, T] int32) -> logits [B, T, vocab]`` on token data;
+        ``kwargs`` must hold ``vocab_size`` and ``seq_len`` (they size the data). ``"classify"``:
+        ``model(x [B, H, W] float32) -> logits [B, classes]`` on labelled images.
+    """
+
+    kind: Literal["flax_nnx"] = "flax_nnx"
+    module: str
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    task: Literal["lm", "classify"] = "lm"
+
+    def __post_init__(self) -> None:
+        checks = _Checks()
+        where, _, name = self.module.rpartition(":")
+        if not where or not name.isidentifier():
+            checks.add(
+                "module",
+                f"{self.module!r} does not name a class; write path/to/file.py:ClassName or "
+                "package.module:ClassName.",
+            )
+        if "rngs" in self.kwargs:
+            checks.add("kwargs", "rngs is passed by the CLI (nnx.Rngs of run.seed); remove it.")
+        if self.task == "lm":
+            for key in ("vocab_size", "seq_len"):
+                value = self.kwargs.get(key)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    checks.add(
+                        "kwargs",
+                        f"task 'lm' needs kwargs.{key} (a positive int: it sizes the token "
+                        f"data), got {value!r}.",
+                    )
+        checks.raise_if_any()
+
+
+ModelConfig: TypeAlias = GPTModel | MLPModel | CNNModel | FlaxNNXModel
+
+
+def token_geometry(model: ModelConfig) -> tuple[int, int] | None:
+    """``(vocab_size, seq_len)`` of a model that reads token windows; ``None`` for image models."""
+    if isinstance(model, GPTModel):
+        return model.vocab_size, model.seq_len
+    if isinstance(model, FlaxNNXModel) and model.task == "lm":
+        return int(model.kwargs["vocab_size"]), int(model.kwargs["seq_len"])
+    return None
 
 
 # -- data, optimizer, precision, checkpoints, logging -------------------------------------------

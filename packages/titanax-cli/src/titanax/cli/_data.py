@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from titanax.cli._config import DataConfig, GPTModel, ModelConfig
+from titanax.cli._config import DataConfig, ModelConfig, token_geometry
 from titanax.cli._errors import CLIError
 
 __all__ = ["Splits", "load_splits", "stdlib_files", "unigram_entropy"]
@@ -159,7 +159,7 @@ def _build_stdlib(config: DataConfig, cache: pathlib.Path) -> tuple[pathlib.Path
     return where, meta
 
 
-def _stdlib(config: DataConfig, model: GPTModel, cache: pathlib.Path) -> Splits:
+def _stdlib(config: DataConfig, seq_len: int, cache: pathlib.Path) -> Splits:
     from titanax.io import TokenWindows
 
     where, meta = _build_stdlib(config, cache)
@@ -176,8 +176,8 @@ def _stdlib(config: DataConfig, model: GPTModel, cache: pathlib.Path) -> Splits:
     )
     return Splits(
         kind="tokens",
-        train=TokenWindows(train, model.seq_len),
-        valid=TokenWindows(valid, model.seq_len),
+        train=TokenWindows(train, seq_len),
+        valid=TokenWindows(valid, seq_len),
         image_shape=(),
         num_classes=256,
         summary=summary,
@@ -282,15 +282,16 @@ def _mnist(config: DataConfig) -> Splits:
 
 def _synthetic(config: DataConfig, model: ModelConfig) -> Splits:
     rng = np.random.default_rng(1234)
-    if isinstance(model, GPTModel):
+    tokens_of = token_geometry(model)
+    if tokens_of is not None:
         from titanax.io import TokenWindows
 
-        vocab = model.vocab_size
+        vocab, seq_len = tokens_of
         # A first-order Markov chain with four likely successors per token: learnable quickly.
         successors = rng.integers(0, vocab, size=(vocab, 4))
-        n = config.num_samples * model.seq_len + 1
+        n = config.num_samples * seq_len + 1
         windows = max(1, round(config.num_samples * config.valid_percent / 100))
-        n_valid = windows * model.seq_len + 1
+        n_valid = windows * seq_len + 1
         tokens = np.empty(n + n_valid, np.uint16)
         tokens[0] = 0
         picks = rng.integers(0, 4, size=tokens.size)
@@ -298,8 +299,8 @@ def _synthetic(config: DataConfig, model: ModelConfig) -> Splits:
             tokens[i] = successors[tokens[i - 1], picks[i]]
         return Splits(
             kind="tokens",
-            train=TokenWindows(tokens[:n], model.seq_len),
-            valid=TokenWindows(tokens[n:], model.seq_len),
+            train=TokenWindows(tokens[:n], seq_len),
+            valid=TokenWindows(tokens[n:], seq_len),
             image_shape=(),
             num_classes=vocab,
             summary=(f"data: synthetic Markov tokens, {n:,} train / {n_valid:,} validation",),
@@ -338,12 +339,15 @@ def load_splits(config: DataConfig, model: ModelConfig, *, run_dir: pathlib.Path
       CLIError: missing files, an empty split, or a missing optional dependency.
     """
     if config.source == "stdlib_bytes":
-        if not isinstance(model, GPTModel):
-            raise CLIError("data.source stdlib_bytes needs model.kind gpt.")
+        tokens_of = token_geometry(model)
+        if tokens_of is None:
+            raise CLIError(
+                "data.source stdlib_bytes needs a token model (kind gpt, or flax_nnx with task lm)."
+            )
         cache = (
             pathlib.Path(config.cache_dir).expanduser() if config.cache_dir else run_dir / "data"
         )
-        return _stdlib(config, model, cache)
+        return _stdlib(config, tokens_of[1], cache)
     if config.source == "digits":
         return _digits(config)
     if config.source == "mnist_idx":

@@ -10,6 +10,10 @@
   or interleaved 1F1B), final norm, head and loss on the last stage; data (and tensor) axes stay
   automatic around it.
 
+``titanax verify`` runs a mode's training step against a reference on one device: the step
+itself for ``dp`` and ``tp`` (on a mesh of size 1 the data-parallel ``pmean`` is the identity),
+and for ``pp`` the unpipelined model in the global view (:attr:`Recipe.reference_step`).
+
 Evaluation is the same in every mode: a global-view step returning ``loss_sum`` and ``count``
 (and ``accuracy`` for classifiers), which ``Engine.evaluate`` turns into the exact mean loss.
 """
@@ -43,12 +47,15 @@ class Recipe:
       eval_step: the evaluation ``step_fn`` (``loss_sum``, ``count``, ...).
       init: ``init(key) -> params`` (for ``pp``, blocks stacked in the schedule's storage order).
       rngs: names of the PRNG streams the steps use.
+      reference_step: the step a 1-device run should match, when it is not ``train_step``
+        itself (``pp``: the same model unpipelined, on the same storage-order parameters).
     """
 
     train_step: StepFunction
     eval_step: StepFunction
     init: Callable[[jax.Array], Any]
     rngs: tuple[str, ...]
+    reference_step: StepFunction | None = None
 
 
 def _extra_metrics(
@@ -161,7 +168,24 @@ def _pp(
         params["blocks"] = to_storage_order(params["blocks"], table)
         return params
 
-    return Recipe(train_step=train_step, eval_step=eval_step, init=init, rngs=())
+    @step_fn
+    def unpipelined_step(state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, Any]:
+        def loss_fn(params: Any, b: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
+            params = dict(params)
+            params["blocks"] = to_natural_order(params["blocks"], table)
+            return model.loss(params, b, None, True)
+
+        loss, grads = state.value_and_grad(loss_fn)(state.params, batch)
+        metrics = {"loss": loss, **_extra_metrics(grads, state, schedule)}
+        return state.apply_gradients(grads=grads), metrics
+
+    return Recipe(
+        train_step=train_step,
+        eval_step=eval_step,
+        init=init,
+        rngs=(),
+        reference_step=unpipelined_step,
+    )
 
 
 def make_recipe(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -183,10 +184,16 @@ def _build_all(loaded: LoadedConfig, mode: Mode, problems: list[Any]) -> dict[st
         except ShardingError as err:
             report.add_lines(("plan",), err)
     if "model" in sections and "data" in sections:
+        base_dir = pathlib.Path(loaded.source).expanduser().resolve().parent
         try:
-            out["model"] = _build.build_model(sections["model"], sections["data"], mode=mode)
+            out["model"] = _build.build_model(
+                sections["model"], sections["data"], mode=mode, base_dir=base_dir
+            )
         except ModelError as err:
             report.add(("model",), str(err))
+        except ConfigError as err:  # a flax_nnx module that cannot be loaded or built
+            for problem in err.problems:
+                report.add(tuple(problem.path.split(".")), problem.message)
     if "optimizer" in sections:
         out["optimizer"], out["schedule"] = _build.build_optimizer(sections["optimizer"], report)
     if "precision" in sections and config is not None:

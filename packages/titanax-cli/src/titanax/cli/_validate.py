@@ -14,12 +14,11 @@ from typing import Any
 import yaml
 
 from titanax.cli._config import (
-    CNNModel,
     GPTModel,
     MeshConfig,
-    MLPModel,
     Mode,
     PlanConfig,
+    token_geometry,
 )
 from titanax.cli._convert import closest
 from titanax.cli._errors import Problem
@@ -227,22 +226,26 @@ def _mesh_problems(
 def _data_problems(report: _Report, sections: Any, sizes: Mapping[str, int] | None) -> None:
     model, data, plan = sections.get("model"), sections.get("data"), sections.get("plan")
     if model is not None and data is not None:
-        if isinstance(model, GPTModel) and data.source not in _TOKEN_SOURCES:
+        tokens_of = token_geometry(model)
+        what = f"model kind {model.kind!r}" + (
+            f" (task {model.task!r})" if hasattr(model, "task") else ""
+        )
+        if tokens_of is not None and data.source not in _TOKEN_SOURCES:
             report.add(
                 ("data", "source"),
-                f"model kind 'gpt' needs token data ({', '.join(_TOKEN_SOURCES)}), got "
-                f"{data.source!r}.",
+                f"{what} needs token data ({', '.join(_TOKEN_SOURCES)}), got {data.source!r}.",
             )
-        if isinstance(model, MLPModel | CNNModel) and data.source not in _IMAGE_SOURCES:
+        if tokens_of is None and data.source not in _IMAGE_SOURCES:
             report.add(
                 ("data", "source"),
-                f"model kind {model.kind!r} needs labelled images ({', '.join(_IMAGE_SOURCES)}), "
-                f"got {data.source!r}.",
+                f"{what} needs labelled images ({', '.join(_IMAGE_SOURCES)}), got {data.source!r}.",
             )
-        if isinstance(model, GPTModel) and data.source == "stdlib_bytes" and model.vocab_size < 256:
+        if tokens_of is not None and data.source == "stdlib_bytes" and tokens_of[0] < 256:
+            field = ("model", "vocab_size") if isinstance(model, GPTModel) else ("model", "kwargs")
             report.add(
-                ("model", "vocab_size"),
-                f"{model.vocab_size} is too small for byte-level data (256 byte values); use 256.",
+                field,
+                f"vocab_size {tokens_of[0]} is too small for byte-level data (256 byte values); "
+                "use 256.",
             )
     if data is None or plan is None or sizes is None:
         return
