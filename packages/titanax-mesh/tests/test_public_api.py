@@ -9,9 +9,9 @@ from titanax.mesh import collectives
 def test_all_is_pinned() -> None:
     assert sorted(titanax.mesh.__all__) == [
         "AxisTypeName",
-        "ENV_VARS",
         "CollectiveError",
         "DistributedError",
+        "ENV_VARS",
         "MeshError",
         "MeshSpec",
         "ProcessInfo",
