@@ -22,13 +22,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import math
 import pathlib
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from titanax.cli._config import FlaxNNXModel
 from titanax.cli._errors import ConfigError, Problem
@@ -101,7 +101,7 @@ def _nnx() -> Any:
         from flax import nnx
     except ImportError as err:
         raise _problem(
-            "kind", "flax_nnx needs Flax (0.10 or newer): pip install 'titanax-cli[flax]'."
+            "kind", "flax_nnx needs Flax (0.12 or newer): pip install 'titanax-cli[flax]'."
         ) from err
     return nnx
 
@@ -141,7 +141,7 @@ def flax_nnx_parts(
             "kwargs", f"{cls.__qualname__}(**kwargs, rngs=...) rejected them: {err}"
         ) from err
     graph, params, rest = nnx.split(abstract, nnx.Param, ...)
-    others = {"/".join(map(str, path)): type(v).__name__ for path, v in rest.flat_state()}
+    others = {"/".join(map(str, path)): type(v).__name__ for path, v in nnx.to_flat_state(rest)}
     if others:
         listed = ", ".join(f"{path} ({kind})" for path, kind in sorted(others.items())[:4])
         raise _problem(
@@ -151,11 +151,11 @@ def flax_nnx_parts(
             + ". The flax_nnx kind trains parameter-only models (no batch statistics, RNG "
             "streams or caches in the module).",
         )
-    count = sum(int(jnp.size(x)) for x in jax.tree.leaves(params))
+    count = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
     def init(key: jax.Array) -> Any:
         _, state = nnx.split(build(key), nnx.Param)
-        return state.to_pure_dict()
+        return nnx.to_pure_dict(state)
 
     def apply(params: Mapping[str, Any], x: jax.Array) -> jax.Array:
         logits: jax.Array = nnx.merge(graph, params)(x)

@@ -241,11 +241,11 @@ def _data_problems(report: _Report, sections: Any, sizes: Mapping[str, int] | No
                 f"{what} needs labelled images ({', '.join(_IMAGE_SOURCES)}), got {data.source!r}.",
             )
         if tokens_of is not None and data.source == "stdlib_bytes" and tokens_of[0] < 256:
-            field = ("model", "vocab_size") if isinstance(model, GPTModel) else ("model", "kwargs")
+            gpt = isinstance(model, GPTModel)
             report.add(
-                field,
-                f"vocab_size {tokens_of[0]} is too small for byte-level data (256 byte values); "
-                "use 256.",
+                ("model", "vocab_size") if gpt else ("model", "kwargs"),
+                ("" if gpt else "vocab_size ")
+                + f"{tokens_of[0]} is too small for byte-level data (256 byte values); use 256.",
             )
     if data is None or plan is None or sizes is None:
         return
