@@ -68,7 +68,8 @@ def load_digits(test_size: int = 360) -> tuple[Data, Data]:
 
 def read_idx(path: pathlib.Path) -> np.ndarray:
     """An unsigned-byte IDX file (MNIST's format: magic 0x0000080N, N big-endian dims, data)."""
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as handle:
+        raw = handle.read()
     if raw[:3] != b"\x00\x00\x08":
         raise SystemExit(f"{path} is not an unsigned-byte IDX file")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3])]

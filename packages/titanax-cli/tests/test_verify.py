@@ -55,8 +55,8 @@ def test_tiny_overrides_keep_the_plan_divisible(write_yaml: WriteYaml) -> None:
     sizes = {"data": 1, "fsdp": 1, "pipeline": 2, "tensor": 4}
     assert tiny_overrides(load_config(path), sizes, steps=3) == [
         "data.source=synthetic",
-        "data.batch_size=8",  # 2 rows × data 1 × fsdp 1 × 4 microbatches
-        "data.num_samples=48",
+        "data.batch_size=16",  # 16 rows: 4 per microbatch (data 1 × fsdp 1)
+        "data.num_samples=96",
         "data.valid_percent=50.0",
         "model.vocab_size=32",
         "model.seq_len=8",
@@ -80,8 +80,8 @@ def test_tiny_overrides_keep_the_plan_divisible(write_yaml: WriteYaml) -> None:
     out = tiny_overrides(load_config(flax), {"data": 2, "tensor": 8}, steps=2)
     assert out == [
         "data.source=synthetic",
-        "data.batch_size=8",  # 2 rows × data 2 × accumulation 2
-        "data.num_samples=32",
+        "data.batch_size=16",  # a multiple of data 2 × accumulation 2
+        "data.num_samples=64",
         "data.valid_percent=50.0",
         "model.kwargs.vocab_size=32",  # kwargs the model has; width is left alone
         "model.kwargs.seq_len=8",

@@ -13,7 +13,8 @@ the config's sizes and data):
 * heads: the tensor axis size (2 without TP), 8 dims each (``d_model = 8 · heads``); the
   vocabulary a multiple of the tensor size (32 or more); sequence length 8; ``d_ff = 4 · d_model``;
 * layers: ``stages × virtual_stages`` for a pipeline (one layer per chunk), else 2;
-* the batch: 2 rows per device of the data axes, per microbatch and per accumulation step;
+* the batch: 16 rows, or 2 per device of the data axes, microbatch and accumulation step if
+  that is more (a multiple of their product);
 * the data: the ``synthetic`` source of the model's kind (Markov tokens or 8×8 images);
 * dropout off (its masks depend on the layout), and FSDP's size threshold at 0 bytes (so the
   tiny parameters are still sharded).
@@ -44,6 +45,7 @@ VERIFY_LR = 0.1
 _HEAD_DIM = 8
 _SEQ_LEN = 8
 _MIN_VOCAB = 32
+_MIN_BATCH = 16
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -66,7 +68,8 @@ def tiny_overrides(config: Config, sizes: Mapping[str, int], *, steps: int) -> l
     data = math.prod(sizes.get(axis, 1) for axis in plan.data_axes)
     microbatches = plan.pp.microbatches if plan.pp is not None else 1
     accumulate = plan.dp.accumulate_steps if plan.dp is not None else 1
-    batch = 2 * data * microbatches * accumulate
+    rows = data * microbatches * accumulate  # the batch must divide over all of them
+    batch = rows * max(2, -(-_MIN_BATCH // rows))
     out = [
         "data.source=synthetic",
         f"data.batch_size={batch}",
