@@ -161,7 +161,7 @@ def test_model_kind_selects_the_record(write_yaml: WriteYaml) -> None:
     cnn = load_config(write_yaml("b.yaml", "model: {kind: cnn, channels: [8]}\n"))
     assert cnn.model == CNNModel(channels=(8,))
     with pytest.raises(ConfigError, match=r"model\.kind: unknown kind 'cnm'; expected one of "
-                       r"\['gpt', 'mlp', 'cnn'\]; did you mean 'cnn'\?"):  # fmt: skip
+                       r"\['gpt', 'mlp', 'cnn', 'flax_nnx'\]; did you mean 'cnn'\?"):  # fmt: skip
         load_config(write_yaml("c.yaml", "model: {kind: cnm}\n"))
     with pytest.raises(ConfigError, match=r"model\.d_model: unknown key 'd_model'"):
         load_config(write_yaml("d.yaml", "model: {kind: mlp, d_model: 3}\n"))
