@@ -18,6 +18,7 @@ from titanax.exec import (
     ExecError,
     NonFiniteError,
     RecompileError,
+    StateError,
     TrainState,
     step_fn,
 )
@@ -393,3 +394,96 @@ def test_engine_argument_errors() -> None:
         engine.step(lambda s, b: (s, {}), engine.state, batches(1)[0])  # type: ignore[arg-type]
     with pytest.raises(ExecError, match=r"no checkpoint store"):
         engine.save()
+
+
+def test_bad_inputs_get_exec_errors() -> None:
+    mesh = MeshSpec(axes=("data",), shape=(8,))
+    with pytest.raises(ExecError, match=r"plan=None is not a titanax.sharding.Plan"):
+        Engine(mesh, None, optimizer=optax.sgd(0.1))  # type: ignore[arg-type]
+    engine = Engine(mesh, Plan(data_parallel=DP("data")), optimizer=optax.sgd(0.1))
+    with pytest.raises(ExecError, match=r"rng=0 is not a PRNG key"):
+        engine.create_state(init_mlp, 0)  # type: ignore[arg-type]
+    with pytest.raises(ExecError, match=r"init_fn\(rng\) failed while its shapes were traced"):
+        engine.create_state(dict, jax.random.key(0))  # type: ignore[arg-type, misc]
+    state = engine.create_state(init_mlp, jax.random.key(0))
+    with pytest.raises(ExecError, match=r"Engine.fit: <function .*> is not a step"):
+        engine.fit(lambda s, b: (s, {}), batches(1), steps=1)  # type: ignore[arg-type]
+    with pytest.raises(ExecError, match=r"data must be an iterable of batches .* got int"):
+        engine.fit(train_step, 3, steps=1)  # type: ignore[arg-type]
+    with pytest.raises(ExecError, match=r"'train_step' is a train step where a eval step"):
+        engine.evaluate(train_step, batches(1))
+
+    @step_fn
+    def text_metric(state: TrainState, batch: Any) -> Any:
+        return state, {"note": "hi"}
+
+    with pytest.raises(ExecError, match=r"metric 'note' is str 'hi'; metrics must be numeric"):
+        engine.step(text_metric, state, batches(1)[0])
+
+    @step_fn
+    def wrong_grads(state: TrainState, batch: Any) -> Any:
+        grads = jax.tree.map(lambda p: jnp.zeros((3,)), state.params)
+        return state.apply_gradients(grads=grads), {}
+
+    with pytest.raises(StateError, match=r"gradient shapes differ .* grad \(3,\) vs param"):
+        engine.step(wrong_grads, state, batches(1)[0])
+    _, metrics = engine.step(train_step, state, batches(1)[0])
+    jax.block_until_ready(metrics)
+    with pytest.raises(ExecError, match=r"buffers were donated to an earlier step"):
+        engine.step(train_step, state, batches(1)[0])
+
+
+def test_optimizer_fingerprint_ignores_the_model() -> None:
+    from titanax.exec import optimizer_fingerprint
+
+    small = TrainState.create(params={"w": jnp.zeros((2, 2))}, tx=optax.adam(1e-3))
+    large = TrainState.create(params={"a": jnp.zeros((5,)), "b": jnp.zeros(3)}, tx=optax.adam(0.1))
+    other = TrainState.create(params={"w": jnp.zeros((2, 2))}, tx=optax.sgd(1e-3))
+    assert optimizer_fingerprint(small) == optimizer_fingerprint(large)
+    assert optimizer_fingerprint(small) != optimizer_fingerprint(other)
+
+
+SIGNAL_SCRIPT = """
+import os, signal
+import jax, jax.numpy as jnp, numpy as np, optax
+from titanax.exec import Engine, TrainState, TrainingInterrupted, step_fn
+from titanax.mesh import MeshSpec
+from titanax.sharding import DP, Plan
+
+class Store:
+    saved = {}
+    def save(self, step, state, *, metadata): self.saved[step] = metadata
+    def restore(self, step, target): raise AssertionError
+    def latest_step(self): return max(self.saved) if self.saved else None
+    def metadata(self, step=None): return {}
+    def wait(self): pass
+    def close(self): pass
+
+class SendSignal:
+    def on_log(self, step, metrics):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+@step_fn
+def train_step(state, batch):
+    loss, grads = state.value_and_grad(lambda p, b: jnp.mean((b["x"] @ p["w"]) ** 2))(
+        state.params, batch)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+store = Store()
+engine = Engine(MeshSpec(axes=("data",), shape=(-1,)), Plan(data_parallel=DP("data")),
+                optimizer=optax.sgd(0.1), checkpoint=store, hooks=[SendSignal()])
+engine.create_state(lambda k: {"w": jax.random.normal(k, (4, 4))}, jax.random.key(0))
+data = [{"x": np.ones((8, 4), np.float32)}] * 10
+try:
+    engine.fit(train_step, data, steps=10, log_every=2, progress=False)
+except TrainingInterrupted as err:
+    print("STOPPED", err.signal_name, err.step, sorted(store.saved))
+"""
+
+
+def test_sigterm_saves_and_stops() -> None:
+    from titanax.testing import run_with_devices
+
+    out = run_with_devices(SIGNAL_SCRIPT, num_devices=2, timeout=180)
+    assert "STOPPED SIGTERM 2 [2]" in out.stdout, out.stdout + out.stderr

@@ -31,6 +31,7 @@ def test_all_is_pinned() -> None:
             "StepContext",
             "StepFunction",
             "TrainState",
+            "TrainingInterrupted",
             "__version__",
             "checkpoint_policy",
             "from_saveable",

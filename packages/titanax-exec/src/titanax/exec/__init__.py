@@ -20,6 +20,7 @@ from titanax.exec._remat import remat as remat
 from titanax.exec._saveable import from_saveable as from_saveable
 from titanax.exec._saveable import optimizer_fingerprint as optimizer_fingerprint
 from titanax.exec._saveable import to_saveable as to_saveable
+from titanax.exec._signals import TrainingInterrupted as TrainingInterrupted
 from titanax.exec._state import StepContext as StepContext
 from titanax.exec._state import TrainState as TrainState
 from titanax.exec._step import StepFunction as StepFunction
@@ -53,6 +54,7 @@ __all__ = [
     "StepContext",
     "StepFunction",
     "TrainState",
+    "TrainingInterrupted",
     "VerifyReport",
     "__version__",
     "checkpoint_policy",

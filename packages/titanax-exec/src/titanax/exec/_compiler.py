@@ -236,6 +236,11 @@ def _check_metrics(step: StepFunction, metrics: Any) -> Any:
             f"step {step.name!r}: metrics must be a dict of scalars, got {type(metrics).__name__}."
         )
     for name, value in metrics.items():
+        if not hasattr(value, "dtype") and not isinstance(value, int | float):
+            raise ExecError(
+                f"step {step.name!r}: metric {name!r} is {type(value).__name__} {value!r}; "
+                "metrics must be numeric scalars."
+            )
         if not isinstance(name, str) or jax.numpy.ndim(value) != 0:
             raise ExecError(
                 f"step {step.name!r}: metric {name!r} has shape {jax.numpy.shape(value)}; "

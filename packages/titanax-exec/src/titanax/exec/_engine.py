@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding
@@ -52,6 +53,43 @@ def _without_axes(spec: P, axes: Sequence[str]) -> P:
         kept = tuple(n for n in names if n not in axes)
         entries.append(None if not kept else kept[0] if len(kept) == 1 else kept)
     return P(*entries)
+
+
+def _check_step(step: Any, *, kind: str | None = None) -> None:
+    if not isinstance(step, StepFunction):
+        raise ExecError(
+            f"Engine: {step!r} is not a step; decorate it with @titanax.exec.step_fn "
+            "(or @step_fn(kind='eval') for an evaluation step)."
+        )
+    if kind is not None and step.kind != kind:
+        raise ExecError(
+            f"Engine: step {step.name!r} is a {step.kind} step where a {kind} step is needed; "
+            f"declare it with @step_fn(kind={kind!r})."
+        )
+
+
+def _traced_init(init: Callable[[jax.Array], TrainState], rng: Any) -> TrainState:
+    """``jax.eval_shape`` of the state's init, with the usual mistakes named."""
+    key_like = isinstance(rng, jax.Array) and (
+        jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) or rng.dtype == jnp.uint32
+    )
+    if not key_like:
+        raise ExecError(f"Engine: rng={rng!r} is not a PRNG key; pass jax.random.key(seed).")
+    try:
+        shapes: TrainState = jax.eval_shape(init, rng)
+    except (TypeError, ValueError) as err:
+        raise ExecError(
+            f"Engine: init_fn(rng) failed while its shapes were traced: {err}. init_fn takes one "
+            "PRNG key and returns a pytree of arrays (the parameters)."
+        ) from err
+    bad = [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes.params)[0]
+        if not hasattr(leaf, "shape")
+    ]
+    if bad:
+        raise ExecError(f"Engine: init_fn returned non-array parameters at {bad[:5]}.")
+    return shapes
 
 
 class Engine:
@@ -102,6 +140,11 @@ class Engine:
         if not isinstance(self.mesh, jax.sharding.Mesh):
             raise ExecError(f"Engine: mesh must be a MeshSpec or jax.sharding.Mesh, got {mesh!r}.")
         self.mesh_spec = MeshSpec.from_mesh(self.mesh)
+        if not isinstance(plan, Plan):
+            raise ExecError(
+                f"Engine: plan={plan!r} is not a titanax.sharding.Plan; build one, e.g. "
+                "Plan(data_parallel=DP('data'))."
+            )
         plan.validate(self.mesh)
         self.plan = plan
         if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
@@ -203,7 +246,7 @@ class Engine:
         runs. ``init_fn(rng) -> params`` is only traced (``jax.eval_shape``).
         """
         init = self._init_fn(init_fn, rngs)
-        shapes = jax.eval_shape(init, rng)
+        shapes = _traced_init(init, rng)
         shardings = self.state_shardings(shapes)
         abstract: TrainState = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
@@ -236,7 +279,7 @@ class Engine:
           ShardingError: a parameter cannot take its planned layout.
         """
         init = self._init_fn(init_fn, rngs)
-        shardings = self.state_shardings(jax.eval_shape(init, rng))
+        shardings = self.state_shardings(_traced_init(init, rng))
         self._state_shardings = shardings
         self.state = jax.jit(init, out_shardings=shardings)(rng)
         return self.state
@@ -273,10 +316,7 @@ class Engine:
     # -- compile --------------------------------------------------------------------------------
 
     def _compiled(self, step: StepFunction, state: Any) -> CompiledStep:
-        if not isinstance(step, StepFunction):
-            raise ExecError(
-                f"Engine: {step!r} is not a step; decorate it with @titanax.exec.step_fn."
-            )
+        _check_step(step)
         compiled = self._steps.get(step)
         if compiled is not None:
             return compiled
@@ -385,7 +425,22 @@ class Engine:
         """Runs one compiled step: ``(state, metrics)`` for train steps, ``metrics`` for eval.
 
         ``batch`` may be host arrays (converted with :meth:`to_global`) or global arrays.
+
+        Raises:
+          ExecError: ``state`` is not a TrainState, or its buffers were donated to an earlier
+            step (use the state that step returned).
         """
+        if not isinstance(state, TrainState):
+            raise ExecError(
+                f"Engine.step: state must be a TrainState (from create_state or a previous step), "
+                f"got {type(state).__name__}."
+            )
+        if any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state)):
+            raise ExecError(
+                "Engine.step: this state's buffers were donated to an earlier step and no longer "
+                "exist. Continue from the state that step returned: state, metrics = "
+                "engine.step(train_step, state, batch)."
+            )
         return self._compiled(step, state)(state, self.to_global(batch), **static)
 
     def recompiles(self, step: StepFunction) -> int:
@@ -484,6 +539,7 @@ class Engine:
         Raises:
           ExecError: ``data`` yields nothing.
         """
+        _check_step(step, kind="eval")
         state = self._state_or_raise(state)
         outputs = []
         for i, batch in enumerate(data):
@@ -529,8 +585,10 @@ class Engine:
         ``step_time_s`` and ``compile_time_s``; a rich progress bar shows them on process 0.
         On the CPU backend of jax < 0.12 each step is awaited before the next is dispatched
         (several in-flight multi-device programs with collectives can abort that runtime);
-        elsewhere the loop never blocks between log points. Ctrl-C saves a checkpoint (if a
-        store is set) and re-raises ``KeyboardInterrupt``.
+        elsewhere the loop never blocks between log points. SIGINT (Ctrl-C) and SIGTERM (what
+        SLURM and Kubernetes send before killing a job) stop the loop at the next step — with
+        several processes at the next log point, on which they all agree — save a checkpoint (if
+        a store is set) and raise :class:`TrainingInterrupted` (a ``KeyboardInterrupt``).
 
         Args:
           step: the training :func:`step_fn`.
@@ -556,6 +614,7 @@ class Engine:
 
         Raises:
           NonFiniteError: the loss became NaN/Inf under ``nan_policy="raise"``.
+          TrainingInterrupted: stopped by SIGINT or SIGTERM (after saving).
           ExecError: bad arguments (non-positive ``log_every``, eval without data, ...).
         """
         loop = FitLoop(

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from titanax.exec._errors import ExecError, NonFiniteError
+from titanax.exec._signals import StopRequest, TrainingInterrupted
 from titanax.exec._state import TrainState
 from titanax.exec._step import StepFunction
 from titanax.exec._throughput import peak_flops_per_device
@@ -67,8 +68,17 @@ class FitLoop:
                 f"Engine.fit: profile_steps={profile_steps} needs a window (a, b) with a < b and "
                 "profile_dir=."
             )
+        if not isinstance(step, StepFunction):
+            raise ExecError(
+                f"Engine.fit: {step!r} is not a step; decorate it with @titanax.exec.step_fn."
+            )
         if step.kind != "train":
             raise ExecError(f"Engine.fit: {step.name!r} is an eval step; pass a train step.")
+        if not isinstance(data, Iterable):
+            raise ExecError(
+                f"Engine.fit: data must be an iterable of batches (a loader, a list, a "
+                f"generator), got {type(data).__name__}."
+            )
         self.engine = engine
         self.step = step
         self.data = data
@@ -159,8 +169,9 @@ class FitLoop:
         peak = peak_flops_per_device()
         step_number = start
         profiling = False
+        stop = StopRequest()
         try:
-            with progress if progress is not None else contextlib.nullcontext():
+            with stop, progress if progress is not None else contextlib.nullcontext():
                 task = (
                     progress.add_task("train", total=self.steps, completed=start, status="")
                     if progress is not None
@@ -188,7 +199,8 @@ class FitLoop:
                         jax.profiler.stop_trace()
                         profiling = False
                     last = step_number == self.steps
-                    if step_number % self.log_every == 0 or last:
+                    log_point = step_number % self.log_every == 0 or last
+                    if log_point:
                         keys = list(buffer[0])
                         window = jnp.stack(  # [metrics, steps]: one device-to-host transfer
                             [jnp.stack([m[k] for m in buffer]).astype(jnp.float32) for k in keys]
@@ -234,13 +246,14 @@ class FitLoop:
                         last or (self.checkpoint_every and step_number % self.checkpoint_every == 0)
                     ):
                         engine.save(state, data=self.data)
+                    if not last and stop.requested(at_log_point=log_point):
+                        self._stop(state, step_number, str(stop.signal_name))
+        except TrainingInterrupted:
+            raise
         except KeyboardInterrupt:
-            logger.warning("interrupted at step %d: saving and stopping", step_number)
-            if engine.checkpoint is not None:
-                jax.block_until_ready(state)
-                engine.save(state, data=self.data)
-                engine.checkpoint.wait()
-            engine.state = state
+            # A second Ctrl-C while stopping, or one outside the main thread: leave at once
+            # (the newest complete checkpoint stays the newest one).
+            logger.warning("interrupted at step %d without saving", step_number)
             raise
         finally:
             if profiling:
@@ -251,6 +264,17 @@ class FitLoop:
             if hasattr(hook, "on_train_end"):
                 hook.on_train_end(engine, state)
         return state
+
+    def _stop(self, state: TrainState, step: int, signal_name: str) -> None:
+        """Saves (on every process) and raises :class:`TrainingInterrupted`."""
+        engine = self.engine
+        logger.warning("%s at step %d: saving and stopping", signal_name, step)
+        if engine.checkpoint is not None:
+            jax.block_until_ready(state)
+            engine.save(state, data=self.data)
+            engine.checkpoint.wait()
+        engine.state = state
+        raise TrainingInterrupted(signal_name, step)
 
     @staticmethod
     def _status(record: dict[str, float]) -> str:

@@ -73,12 +73,22 @@ def from_saveable(abstract: TrainState, tree: dict[str, Any]) -> TrainState:
 
 
 def optimizer_fingerprint(state: TrainState) -> str:
-    """sha256 of the optimizer state's structure, shapes and dtypes.
+    """sha256 of the optimizer's state structure, independent of the model.
 
-    Changes when the optimizer changes (adam -> sgd, a chain added) or when parameters change
-    shape; unchanged by hyper-parameter values, so resuming with another learning rate is fine.
+    The optimizer is initialized on a canonical one-leaf parameter tree and the resulting state's
+    structure, shapes and dtypes are hashed: it changes when the optimizer changes (adam -> sgd,
+    a chain added) and not when the model changes (that is the restore's tree check) or when a
+    hyper-parameter value changes (resuming with another learning rate is fine). Optimizers whose
+    state depends on the parameter tree (e.g. ``optax.multi_transform`` with labels) are
+    fingerprinted on their real state instead.
     """
-    leaves, treedef = jax.tree.flatten(state.opt_state)
+    try:
+        canonical = jax.eval_shape(
+            state.tx.init, {"w": jax.ShapeDtypeStruct((2,), jax.numpy.float32)}
+        )
+    except Exception:  # the optimizer's init needs the real parameter tree
+        canonical = state.opt_state
+    leaves, treedef = jax.tree.flatten(canonical)
     record = {
         "structure": str(treedef),
         "leaves": [[list(x.shape), str(x.dtype)] for x in leaves],

@@ -290,6 +290,20 @@ class TrainState:
                 "TrainState.apply_gradients: grads do not have the structure of params:\n"
                 f"  params: {p_struct}\n  grads:  {g_struct}"
             )
+        mismatched = [
+            f"{jax.tree_util.keystr(path)}: grad {tuple(g.shape)} vs param {tuple(p.shape)}"
+            for (path, g), p in zip(
+                jax.tree_util.tree_flatten_with_path(grads)[0],
+                jax.tree.leaves(self.params),
+                strict=True,
+            )
+            if tuple(g.shape) != tuple(p.shape)
+        ]
+        if mismatched:
+            raise StateError(
+                "TrainState.apply_gradients: gradient shapes differ from the parameters': "
+                + "; ".join(mismatched[:5])
+            )
         params = self.params
         if self.context.param_shardings is not None:
             shardings = self.context.param_shardings.tree()
