@@ -113,3 +113,64 @@ def test_checkpoint_across_process_counts(
     np.testing.assert_allclose(resumed["losses"], straight["losses"][3:], rtol=1e-5)
     np.testing.assert_allclose(resumed_pair["losses"], straight["losses"][3:], rtol=1e-5)
     np.testing.assert_allclose(resumed["checksum"], straight["checksum"], rtol=1e-5)
+
+
+STOP_SCRIPT = """
+import os, signal
+import titanax.mesh as tm
+tm.initialize_distributed(platform="cpu")
+import jax, jax.numpy as jnp, numpy as np, optax
+from titanax.exec import Engine, TrainingInterrupted, step_fn
+from titanax.sharding import DP, Plan
+
+class Store:
+    saved = []
+    def save(self, step, state, *, metadata): self.saved.append(step)
+    def restore(self, step, target): raise AssertionError
+    def latest_step(self): return None
+    def metadata(self, step=None): return {}
+    def wait(self): pass
+    def close(self): pass
+
+def data():
+    for i in range(20):
+        if i == 3 and jax.process_index() == 1:  # only process 1 is signalled, mid-window
+            os.kill(os.getpid(), signal.SIGINT)
+        yield {"x": np.ones((4, 4), np.float32)}
+
+@step_fn
+def train_step(state, batch):
+    loss, grads = state.value_and_grad(lambda p, b: jnp.mean((b["x"] @ p["w"]) ** 2))(
+        state.params, batch)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+store = Store()
+engine = Engine(tm.MeshSpec(axes=("data",), shape=(-1,)), Plan(data_parallel=DP("data")),
+                optimizer=optax.sgd(0.01), checkpoint=store)
+engine.create_state(lambda k: {"w": jax.random.normal(k, (4, 4))}, jax.random.key(0))
+try:
+    engine.fit(train_step, data(), steps=20, log_every=2, progress=False)
+except TrainingInterrupted as err:
+    print("STOPPED", jax.process_index(), err.step, store.saved, flush=True)
+"""
+
+
+def test_a_signal_to_one_process_stops_all_at_the_same_step(tmp_path: pathlib.Path) -> None:
+    script = tmp_path / "stop.py"
+    script.write_text(STOP_SCRIPT)
+    code = (
+        "import sys; from titanax.cli._launch import launch; "
+        f"sys.exit(launch([sys.executable, {str(script)!r}], nproc=2, cpu_devices_per_proc=2))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(2),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    out = result.stdout
+    # process 1 got SIGINT before step 4; both processes agree at the log point of step 4
+    assert "[p0] STOPPED 0 4 [4]" in out, out + result.stderr
+    assert "[p1] STOPPED 1 4 [4]" in out, out + result.stderr

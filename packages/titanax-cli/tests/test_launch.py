@@ -102,6 +102,8 @@ def test_killed_process_stops_the_run(worker: pathlib.Path) -> None:
     [
         ({"command": [], "nproc": 2}, r"no command given; put it after '--'"),
         ({"command": ["x"], "nproc": 0}, r"--nproc 0 must be at least 1"),
+        ({"command": ["python3"], "nproc": 1, "port": 99999}, r"--port 99999 is not a TCP port"),
+        ({"command": ["no_such_cmd_xyz"], "nproc": 1}, r"cannot start 'no_such_cmd_xyz'"),
         ({"command": ["x"], "nproc": 1, "cpu_devices_per_proc": 0}, r"must be at least 1"),
     ],
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,6 +67,7 @@ def launch(
     cpu_devices_per_proc: int | None = None,
     port: int | None = None,
     grace_seconds: float = 10.0,
+    interrupt_grace_seconds: float = 300.0,
     init_timeout: int = 120,
     stdout: IO[str] | None = None,
 ) -> int:
@@ -77,7 +79,10 @@ def launch(
       cpu_devices_per_proc: simulated CPU devices per process (sets ``JAX_NUM_CPU_DEVICES`` and
         ``JAX_PLATFORMS=cpu``); ``None`` leaves the devices to JAX.
       port: coordinator port on 127.0.0.1 (default: a free one).
-      grace_seconds: how long stopped children get between SIGTERM and SIGKILL.
+      grace_seconds: how long stopped children get between SIGTERM and SIGKILL after another
+        child failed.
+      interrupt_grace_seconds: after Ctrl-C, how long the children get to save a checkpoint and
+        exit before SIGKILL (a second Ctrl-C kills at once).
       init_timeout: ``TITANAX_INIT_TIMEOUT`` seconds for the children's start-up.
       stdout: where prefixed output goes (default ``sys.stdout``).
 
@@ -85,7 +90,8 @@ def launch(
       0 when every process exits 0; otherwise 1 after stopping the rest (130 after Ctrl-C).
 
     Raises:
-      LaunchError: an empty command, ``nproc < 1`` or ``cpu_devices_per_proc < 1``.
+      LaunchError: an empty command, ``nproc < 1``, ``cpu_devices_per_proc < 1``, a port
+        outside 1..65535, or a command that cannot be started.
     """
     if not command:
         raise LaunchError("titanax launch: no command given; put it after '--'.")
@@ -94,6 +100,14 @@ def launch(
     if cpu_devices_per_proc is not None and cpu_devices_per_proc < 1:
         raise LaunchError(
             f"titanax launch: --cpu-devices-per-proc {cpu_devices_per_proc} must be at least 1."
+        )
+    if port is not None and not 1 <= port <= 65535:
+        raise LaunchError(f"titanax launch: --port {port} is not a TCP port (1..65535).")
+    executable = shutil.which(command[0])
+    if executable is None:
+        raise LaunchError(
+            f"titanax launch: cannot start {command[0]!r}: no such program on PATH or file. "
+            "Put the command after '--', e.g. titanax launch --nproc 2 -- titanax run tp -c f.yaml"
         )
     out = stdout or sys.stdout
     port = port or _free_port()
@@ -139,37 +153,42 @@ def launch(
         thread.start()
         pumps.append(thread)
 
-    def stop_all(first: int) -> None:
+    def stop_all(first: int, grace: float) -> None:
         for proc in procs:
             if proc.poll() is None:
                 _signal_group(proc, first)
-        deadline = time.monotonic() + grace_seconds
-        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        deadline = time.monotonic() + grace
+        while (
+            time.monotonic() < deadline and interrupts < 2 and any(p.poll() is None for p in procs)
+        ):
             time.sleep(0.1)
         for proc in procs:
             _signal_group(proc, signal.SIGKILL)  # also reaps stray grandchildren
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
 
-    interrupted = False
+    interrupts = 0
 
     def on_sigint(signum: int, frame: object) -> None:
-        nonlocal interrupted
-        interrupted = True
+        nonlocal interrupts
+        interrupts += 1
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         while True:
-            if interrupted:
-                say("Ctrl-C: forwarding SIGINT to every process")
-                stop_all(signal.SIGINT)
+            if interrupts:
+                say(
+                    "Ctrl-C: forwarding SIGINT to every process (they save and stop; "
+                    "Ctrl-C again to kill them now)"
+                )
+                stop_all(signal.SIGINT, interrupt_grace_seconds)
                 return 130
             codes = [p.poll() for p in procs]
             failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
             if failed:
                 index, code = failed[0]
                 say(f"process {index} {_describe_exit(code)}; stopping the others")
-                stop_all(signal.SIGTERM)
+                stop_all(signal.SIGTERM, grace_seconds)
                 say(f"failed: process {index} {_describe_exit(code)}")
                 return 1
             if all(c == 0 for c in codes):
