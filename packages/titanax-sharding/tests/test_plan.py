@@ -414,3 +414,19 @@ def test_from_dict_accepts_hand_written_configs() -> None:
     assert plan == Plan(
         data_parallel=DP(), tensor_parallel=TP(rules={"head/kernel": P(None, "tensor")})
     )
+
+
+def test_validate_accepts_a_meshspec_and_names_non_meshes() -> None:
+    from titanax.mesh import MeshSpec
+
+    plan = Plan(data_parallel=DP("data"))
+    plan.validate(MeshSpec(axes=("data",), shape=(-1,)))
+    with pytest.raises(ShardingError, match=r"expected a mesh .* got NoneType None"):
+        plan.validate(None)  # type: ignore[arg-type]
+
+
+def test_non_numeric_leaves_are_named(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    plan = Plan(data_parallel=DP("data"))
+    mesh = make_mesh(("data",), (8,))
+    with pytest.raises(ShardingError, match=r"leaf 'blocks/w' is str 'hello', not an array"):
+        plan.validate(mesh, params={"blocks": {"w": "hello"}})

@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from titanax.sharding._errors import ShardingError
+
 __all__ = ["flatten_with_paths", "leaf_shape_dtype", "path_str", "tree_paths"]
 
 
@@ -108,12 +110,21 @@ def tree_paths(tree: Any) -> list[str]:
     return [path for path, _ in flatten_with_paths(tree)[0]]
 
 
-def leaf_shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype[Any] | Any]:
+def leaf_shape_dtype(leaf: Any, *, path: str = "") -> tuple[tuple[int, ...], np.dtype[Any] | Any]:
     """``(shape, dtype)`` of an array-like leaf (``jax.Array``, ``np.ndarray``,
-    ``jax.ShapeDtypeStruct``) or a Python scalar."""
+    ``jax.ShapeDtypeStruct``) or a Python number.
+
+    Raises:
+      ShardingError: the leaf is not numeric (a string, an arbitrary object), naming ``path``.
+    """
     shape = getattr(leaf, "shape", None)
     dtype = getattr(leaf, "dtype", None)
     if shape is None or dtype is None:
         arr = np.asarray(leaf)
+        if arr.dtype.kind not in "biufc":
+            raise ShardingError(
+                f"leaf {path or '<root>'!r} is {type(leaf).__name__} {leaf!r}, not an array or a "
+                "number; parameter and batch trees hold arrays (or jax.ShapeDtypeStruct)."
+            )
         return tuple(int(d) for d in arr.shape), arr.dtype
     return tuple(int(d) for d in shape), dtype

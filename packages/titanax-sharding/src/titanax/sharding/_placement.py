@@ -65,7 +65,7 @@ def _checked(
     problems: list[str] = []
     out = []
     for path, leaf, spec in triples:
-        shape, dtype = leaf_shape_dtype(leaf)
+        shape, dtype = leaf_shape_dtype(leaf, path=path)
         spec, found = check_spec(
             spec, api=api, path=path, shape=shape, origin="spec_tree", sizes=sizes
         )
@@ -217,7 +217,7 @@ def shard_batch_specs(batch: Any, data_axes: Sequence[str], *, mesh: Mesh | None
             )
     specs = []
     for path, leaf in pairs:
-        shape, _ = leaf_shape_dtype(leaf)
+        shape, _ = leaf_shape_dtype(leaf, path=path)
         if not shape or entry is None:
             specs.append(PartitionSpec())
             continue

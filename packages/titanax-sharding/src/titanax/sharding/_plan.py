@@ -299,7 +299,7 @@ class Plan:
         pairs, treedef = flatten_with_paths(tree)
         leaves = []
         for path, leaf in pairs:
-            shape, dtype = leaf_shape_dtype(leaf)
+            shape, dtype = leaf_shape_dtype(leaf, path=path)
             resolved, found = self._resolve_leaf(
                 path, shape, dtype, sizes, api=api, optimizer=optimizer
             )
@@ -428,7 +428,7 @@ class Plan:
         text = " × ".join(t for t, _ in factors)
         problems = []
         for path, leaf in flatten_with_paths(batch)[0]:
-            shape, _ = leaf_shape_dtype(leaf)
+            shape, _ = leaf_shape_dtype(leaf, path=path)
             if shape and shape[0] % total:
                 problems.append(
                     f"{api}: batch leaf {path!r} with shape {shape} has leading (batch) dim "

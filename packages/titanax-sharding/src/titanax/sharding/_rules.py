@@ -349,7 +349,7 @@ def build_param_specs(
     specs: list[PartitionSpec] = []
     problems: list[str] = []
     for path, leaf in pairs:
-        shape, _ = leaf_shape_dtype(leaf)
+        shape, _ = leaf_shape_dtype(leaf, path=path)
         spec, found = _resolve_leaf(api, path, shape, rules, default_spec, sizes, indivisible)
         specs.append(spec)
         problems.extend(found)

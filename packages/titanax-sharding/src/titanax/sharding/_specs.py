@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeAlias
 import jax
 from jax.sharding import PartitionSpec
 
+from titanax.mesh import MeshSpec
 from titanax.sharding._errors import ShardingError
 
 __all__ = [
@@ -112,8 +113,22 @@ def format_spec(spec: PartitionSpec) -> str:
 
 
 def mesh_sizes(mesh: Any) -> dict[str, int]:
-    """``{axis: size}`` of a ``jax.sharding.Mesh`` or ``AbstractMesh``, in mesh order."""
-    return {str(k): int(v) for k, v in dict(mesh.shape).items()}
+    """``{axis: size}`` of a ``jax.sharding.Mesh``, ``AbstractMesh`` or ``MeshSpec`` (resolved
+    on the visible devices), in mesh order.
+
+    Raises:
+      ShardingError: ``mesh`` is none of these.
+    """
+    if isinstance(mesh, MeshSpec):
+        spec = mesh.resolve()
+        return {a: int(s) for a, s in zip(spec.axes, spec.shape, strict=True)}
+    shape = getattr(mesh, "shape", None)
+    if not isinstance(shape, Mapping):
+        raise ShardingError(
+            f"expected a mesh (jax.sharding.Mesh or titanax.mesh.MeshSpec), got "
+            f"{type(mesh).__name__} {mesh!r}; build one with MeshSpec(axes=..., shape=...).build()."
+        )
+    return {str(k): int(v) for k, v in dict(shape).items()}
 
 
 def _mesh_text(sizes: Mapping[str, int]) -> str:
