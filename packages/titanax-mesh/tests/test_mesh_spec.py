@@ -88,8 +88,14 @@ def test_shape_not_dividing_devices_names_values_and_fix() -> None:
 def test_product_not_equal_device_count() -> None:
     with pytest.raises(MeshError, match=r"multiply to 4, not 8.* devices=4 to use a subset"):
         MeshSpec(axes=("data", "tensor"), shape=(2, 2)).build()
-    with pytest.raises(MeshError, match=r"multiply to 16, not 8"):
+    with pytest.raises(
+        MeshError,
+        match=r"multiply to 16, not 8. Make the product equal 8 or put -1 in one axis to infer "
+        r"it\.$",
+    ):
         MeshSpec(axes=("data", "tensor"), shape=(8, 2)).build()
+    with pytest.raises(MeshError, match=r"multiply to 12, not 8.*infer it\.$"):
+        MeshSpec(axes=("a", "b"), shape=(4, 3)).build()
 
 
 def test_more_devices_than_exist() -> None:
@@ -170,6 +176,12 @@ def test_from_mesh_records_what_ran() -> None:
     assert spec.shape == (4, 2)
     assert spec.axis_types_tuple == ("explicit", "explicit")
     assert spec.devices == 8
+
+
+def test_describe_refuses_another_mesh() -> None:
+    other = MeshSpec(axes=("x",), shape=(8,)).build()
+    with pytest.raises(MeshError, match=r"the mesh has axes \('x',\), this spec \('data',"):
+        MeshSpec(axes=("data", "tensor"), shape=(4, 2)).describe(other)
 
 
 def test_describe_lists_axes_sizes_and_devices() -> None:

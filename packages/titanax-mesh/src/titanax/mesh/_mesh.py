@@ -272,10 +272,15 @@ class MeshSpec:
             shape = tuple(num_devices // known if s == -1 else s for s in self.shape)
         else:
             if known != num_devices:
+                subset = (
+                    f", or pass devices={known} to use a subset"
+                    if known < num_devices and num_devices % known == 0
+                    else ""
+                )
                 raise MeshError(
                     f"{where} cannot be built on {num_devices} devices: the sizes multiply to "
-                    f"{known}, not {num_devices}. Make the product equal {num_devices}, put -1 "
-                    f"in one axis to infer it, or pass devices={known} to use a subset."
+                    f"{known}, not {num_devices}. Make the product equal {num_devices} or put -1 "
+                    f"in one axis to infer it{subset}."
                 )
             shape = self.shape
         if self.across_hosts is not None:
@@ -443,6 +448,11 @@ class MeshSpec:
         from rich.table import Table
 
         mesh = self.build() if mesh is None else mesh
+        if tuple(mesh.axis_names) != self.axes:
+            raise MeshError(
+                f"MeshSpec.describe: the mesh has axes {tuple(mesh.axis_names)}, this spec "
+                f"{self.axes}; pass the mesh built from this spec (or none)."
+            )
         flat = list(mesh.devices.flat)
         processes = sorted({d.process_index for d in flat})
         title = (
