@@ -82,3 +82,9 @@ def test_bad_data() -> None:
         simple_data_parallel(partial(mlp_init, MLP), mse, regression_data(), steps=1)
     with pytest.raises(QuickstartError, match=r"got int"):
         simple_data_parallel(partial(mlp_init, MLP), mse, 3, steps=1)
+    with pytest.raises(QuickstartError, match=r"got str"):
+        simple_data_parallel(partial(mlp_init, MLP), mse, "hello", steps=1)
+    with pytest.raises(QuickstartError, match=r"no tensor-parallel rule matched any parameter"):
+        simple_tensor_parallel(
+            partial(mlp_init, MLP), mse, regression_data(), batch_size=64, steps=1
+        )

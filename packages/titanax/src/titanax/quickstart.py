@@ -20,11 +20,12 @@ from typing import Any
 
 import jax
 import optax
+from jax.sharding import PartitionSpec as P
 
 from titanax.exec import Engine, TrainState, step_fn
 from titanax.io import OrbaxCheckpointer, ShardedLoader
 from titanax.mesh import MeshSpec, TitanaxError
-from titanax.sharding import DP, TP, Plan, Rules, tp_rules
+from titanax.sharding import DP, TP, Plan, Rules, tp_rules, tree_paths
 
 __all__ = ["QuickstartError", "QuickstartResult", "simple_data_parallel", "simple_tensor_parallel"]
 
@@ -67,7 +68,7 @@ def _loader(data: Any, batch_size: int | None, seed: int) -> Iterable[Any]:
                 "is required; or pass an iterable of batches."
             )
         return ShardedLoader(data, global_batch_size=batch_size, seed=seed)
-    if isinstance(data, Iterable):
+    if isinstance(data, Iterable) and not isinstance(data, str | bytes):
         return data
     raise QuickstartError(
         f"quickstart: data must be a dict of arrays, an array, or an iterable of batches; got "
@@ -106,6 +107,19 @@ def _train(
         return state.apply_gradients(grads=grads), {"loss": loss}
 
     loader = _loader(data, batch_size, seed)
+    if plan.tensor_parallel is not None:
+        axis = plan.tensor_parallel.axis
+        shapes = jax.eval_shape(init_fn, jax.random.key(seed))
+        specs = jax.tree.leaves(
+            plan.param_specs(shapes, engine.mesh), is_leaf=lambda x: isinstance(x, P)
+        )
+        if not any(axis in str(spec) for spec in specs):
+            raise QuickstartError(
+                "simple_tensor_parallel: no tensor-parallel rule matched any parameter, so "
+                f"nothing would be split over {axis!r}. Pass rules= for your model's parameter "
+                f"paths (these are {tree_paths(shapes)[:6]}...), e.g. tp_rules.hf() or "
+                "tp_rules.flax_nnx(), or your own Rules."
+            )
     engine.restore_or_create(init_fn, jax.random.key(seed), data=loader)
     state = engine.fit(train_step, loader, steps=steps, log_every=log_every)
     if checkpoint is not None:
@@ -187,7 +201,8 @@ def simple_tensor_parallel(
     ``data``. Other arguments as :func:`simple_data_parallel`.
 
     Raises:
-      QuickstartError: as :func:`simple_data_parallel`.
+      QuickstartError: as :func:`simple_data_parallel`, or no rule matches any parameter (no
+        tensor parallelism would happen).
       MeshError: ``tensor`` does not divide the device count.
       ShardingError: a parameter dim that does not divide by ``tensor``.
     """
