@@ -1,14 +1,15 @@
 """Every example runs: its script and its YAML config for a few steps at a tiny size, and
 ``titanax verify`` passes on every config in ``examples/configs/``.
 
-Everything runs in subprocesses (the device count must be chosen before JAX starts), WORKERS at
-a time, longest first: each script in its own process, and the ``titanax`` commands in two
-driver processes that call ``titanax.cli.main`` once per command (all of them use 8 simulated
-devices; this saves an interpreter start and JAX import per command). All processes share one
-JAX persistent compilation cache, so programs that recur (the tiny GPT's 1-device reference in
-``verify``) compile once. Sizes come from the scripts' flags and the CLI's ``--set`` (a GPT 32
-wide on synthetic tokens), so the file stays around two minutes on a 2-core machine; what the
-examples reach at full size (accuracy, loss curves) is measured in their READMEs, not here.
+Everything runs in four subprocesses (the device count must be chosen before JAX starts; all
+examples use 8 simulated devices), WORKERS at a time. A driver process runs its commands one
+after the other — ``titanax`` commands through ``titanax.cli.main``, scripts as ``__main__``
+(``runpy``) — which saves an interpreter start and the JAX import per command. All processes
+share one JAX persistent compilation cache, so programs that recur (the tiny GPT's 1-device
+reference in ``verify``) compile once. Sizes come from the scripts' flags and the CLI's
+``--set`` (a one-layer GPT 32 wide on synthetic tokens), so the file stays around two minutes on
+a 2-core machine; what the examples reach at full size (accuracy, loss curves) is measured in
+their READMEs, not here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import fcntl
 import gzip
 import importlib.util
 import json
@@ -57,15 +59,31 @@ RUN_TINY = [
 ]
 SCRIPT_TINY = ["--max-bytes", "300000", "--d-model", "32", "--seq-len", "32", "--batch-size", "16"]
 
-# Runs `titanax <args>` for each JSON argument list in one process, between marker lines.
+# Runs each [name, argv] (JSON) in this one process between marker lines: argv ["titanax", ...]
+# through titanax.cli.main, argv [script.py, ...] as __main__ (runpy, the script's directory
+# first on sys.path, as `python script.py` would have it).
 DRIVER = """
-import json, sys, time
+import json, os, runpy, sys, time, traceback
 from titanax.cli import main
 for arg in sys.argv[1:]:
     name, argv = json.loads(arg)
     print(f"<<< {name}", flush=True)
     start = time.perf_counter()
-    code = main(argv)
+    if argv[0] == "titanax":
+        code = main(argv[1:])
+    else:
+        sys.argv = list(argv)
+        sys.path.insert(0, os.path.dirname(argv[0]))
+        try:
+            runpy.run_path(argv[0], run_name="__main__")
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.path.pop(0)
     sys.stdout.flush(); sys.stderr.flush()
     print(f">>> {name} exit {code} after {time.perf_counter() - start:.1f} s", flush=True)
 """
@@ -89,7 +107,7 @@ def _set(*overrides: str) -> list[str]:
 
 
 def _script(name: str, *args: str) -> list[str]:
-    return [sys.executable, str(EXAMPLES / name / "train.py"), *args]
+    return [str(EXAMPLES / name / "train.py"), *args]
 
 
 Commands = list[tuple[str, list[str]]]
@@ -100,10 +118,10 @@ def _cli_commands(tmp: pathlib.Path) -> tuple[Commands, Commands]:
 
     def run(mode: str, config: str, *overrides: str) -> list[str]:
         settings = [f"run.dir={tmp}/runs/{config}", *RUN_TINY, *overrides]
-        return ["run", mode, "-c", str(CONFIGS / f"{config}.yaml"), *_set(*settings)]
+        return ["titanax", "run", mode, "-c", str(CONFIGS / f"{config}.yaml"), *_set(*settings)]
 
     verify = [
-        (f"verify:{p.stem}", ["verify", "-c", str(p), "--steps", "2", "--cpu-devices", "8"])
+        (f"verify:{p.stem}", ["titanax", "verify", "-c", str(p), "--steps", "2"])
         for p in sorted(CONFIGS.glob("*.yaml"))
     ]
     reshard = [f"run.dir={tmp}/runs/reshard_cli", "checkpoint.enabled=true", *GPT_TINY]
@@ -120,19 +138,23 @@ def _cli_commands(tmp: pathlib.Path) -> tuple[Commands, Commands]:
     return verify, runs
 
 
-def _scripts(tmp: pathlib.Path) -> Commands:
+def _scripts(tmp: pathlib.Path) -> tuple[Commands, Commands]:
     two = ["--steps", "2", "--layers", "1", *SCRIPT_TINY]
     mixed = ["--steps", "4", "--log-every", "2", "--layers", "1", *SCRIPT_TINY]
     pp = ["--steps", "2", "--stages", "2", "--microbatches", "4", "--layers", "2", *SCRIPT_TINY]
     tp = [*two, "--eval-every", "2", "--eval-batches", "1", "--run-dir", f"{tmp}/runs/tp_script"]
-    return [
-        ("reshard_script", _script("reshard", *two)),
-        ("mixed_script", _script("mixed_precision", *mixed)),
-        ("pp_script", _script("gpt_small_pp", *pp)),
-        ("flax_script", _script("flax_nnx", *two)),
-        ("tp_script", _script("gpt_small_tp", *tp)),
-        ("mnist_script", _script("mnist_dp", "--steps", "25", "--compare")),
-    ]
+    return (
+        [
+            ("reshard_script", _script("reshard", *two)),
+            ("flax_script", _script("flax_nnx", *two)),
+            ("mnist_script", _script("mnist_dp", "--steps", "25", "--compare")),
+        ],
+        [
+            ("mixed_script", _script("mixed_precision", *mixed)),
+            ("pp_script", _script("gpt_small_pp", *pp)),
+            ("tp_script", _script("gpt_small_tp", *tp)),
+        ],
+    )
 
 
 def _process(command: list[str], env: dict[str, str]) -> tuple[int, str]:
@@ -147,12 +169,6 @@ def _process(command: list[str], env: dict[str, str]) -> tuple[int, str]:
         check=False,
     )
     return proc.returncode, proc.stdout
-
-
-def _run_script(name: str, command: list[str], env: dict[str, str]) -> dict[str, Result]:
-    start = time.perf_counter()
-    code, out = _process(command, env)
-    return {name: Result(code=code, out=out, seconds=time.perf_counter() - start)}
 
 
 def _run_driver(commands: Commands, env: dict[str, str]) -> dict[str, Result]:
@@ -174,9 +190,7 @@ def _run_driver(commands: Commands, env: dict[str, str]) -> dict[str, Result]:
     return results
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
-    tmp = tmp_path_factory.mktemp("examples")
+def _run_all(tmp: pathlib.Path) -> dict[str, Result]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", COLUMNS="160", PYTHONUNBUFFERED="1")
     env.update(
         JAX_NUM_CPU_DEVICES="8",
@@ -184,16 +198,32 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
         JAX_COMPILATION_CACHE_DIR=str(tmp / "runs" / ".jax_cache"),  # gpt2_small_tp.yaml's too
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
-    verify, runs = _cli_commands(tmp)
+    jobs = [*_cli_commands(tmp), *_scripts(tmp)]
     out: dict[str, Result] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        futures = [pool.submit(_run_driver, verify, env), pool.submit(_run_driver, runs, env)]
-        futures += [pool.submit(_run_script, n, c, env) for n, c in _scripts(tmp)]
+        futures = [pool.submit(_run_driver, commands, env) for commands in jobs]
         for future in futures:
             out.update(future.result())
     times = ", ".join(f"{name} {r.seconds:.0f} s" for name, r in out.items())
     sys.stderr.write(f"examples: {times}\n")  # pytest -rA shows where the time went
     return out
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
+    """Every example's output, computed once per session even under pytest-xdist: the first
+    worker runs them under a file lock and saves them; another worker waits and reads."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "examples"
+    shared.mkdir(exist_ok=True)
+    saved = shared / "results.json"
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if saved.is_file():
+            return {k: Result(**v) for k, v in json.loads(saved.read_text()).items()}
+        out = _run_all(shared)
+        saved.write_text(json.dumps({k: dataclasses.asdict(v) for k, v in out.items()}))
+        return out
 
 
 def _number(pattern: str, text: str) -> float:

@@ -25,7 +25,7 @@ def _invoke(*args: str) -> tuple[int, str]:
 def test_help_lists_the_commands() -> None:
     code, out = _invoke("--help")
     assert code == 0
-    for name in ("run", "describe", "validate", "ckpt", "plot", "schedule"):
+    for name in ("run", "describe", "validate", "verify", "ckpt", "plot", "schedule", "launch"):
         assert name in out
     code, out = _invoke("run", "--help")
     assert code == 0
