@@ -121,8 +121,10 @@ def test_module_problems(write_yaml: WriteYaml) -> None:
     (line,) = _problems(path, "model.module=no_such_package_xyz:LM")
     assert "cannot import module 'no_such_package_xyz'" in line
     (line,) = _problems(path, "model.kwargs.width=3")
-    assert "model.kwargs: SmallLM(**kwargs, rngs=...) rejected them:" in line
+    assert "model.kwargs: SmallLM(**kwargs, rngs=...) rejected them: TypeError:" in line
     assert "width" in line
+    (line,) = _problems(path, "model.kwargs.n_heads=5")  # 32 is not a multiple of 5 heads
+    assert "model.kwargs: SmallLM(**kwargs, rngs=...) rejected them: ValueError:" in line
     (line,) = _problems(
         path, f"model.module={MODELS}:WithBatchNorm", "model.kwargs={vocab_size: 8, seq_len: 4}"
     )

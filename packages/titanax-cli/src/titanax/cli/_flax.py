@@ -136,9 +136,10 @@ def flax_nnx_parts(
 
     try:
         abstract = nnx.eval_shape(lambda: build(0))
-    except TypeError as err:
+    except Exception as err:  # the user's constructor: any error is a problem of the kwargs
         raise _problem(
-            "kwargs", f"{cls.__qualname__}(**kwargs, rngs=...) rejected them: {err}"
+            "kwargs",
+            f"{cls.__qualname__}(**kwargs, rngs=...) rejected them: {type(err).__name__}: {err}",
         ) from err
     graph, params, rest = nnx.split(abstract, nnx.Param, ...)
     others = {"/".join(map(str, path)): type(v).__name__ for path, v in nnx.to_flat_state(rest)}

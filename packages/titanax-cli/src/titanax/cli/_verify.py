@@ -109,7 +109,7 @@ def _group_table(report: Any) -> Any:
     groups = list(report.steps[0].grad_rel_diff) if report.steps else []
     for group in groups:
         diffs = [(s.grad_rel_diff[group], s.step) for s in report.steps]
-        worst, step = max(diffs, key=lambda d: (not d[0] <= math.inf, d[0]))
+        worst, step = max(diffs, key=lambda d: math.inf if math.isnan(d[0]) else d[0])
         ok = all(d <= report.grad_tolerance for d, _ in diffs)
         table.add_row(group, f"{worst:.2e}", str(step), "PASS" if ok else "FAIL")
     return table
