@@ -149,7 +149,10 @@ def _constraints() -> pathlib.Path:
 
 
 def _install(session: nox.Session, *args: str) -> None:
-    session.env["UV_COMPILE_BYTECODE"] = "1"  # import jax in ~0.5 s instead of ~2 s
+    # Let Python cache bytecode of the modules it actually imports (some machines export
+    # PYTHONDONTWRITEBYTECODE=1, which makes every process compile jax again: ~2 s instead of
+    # ~0.5 s per import). Cheaper than compiling the whole environment at install time.
+    session.env["PYTHONDONTWRITEBYTECODE"] = ""
     session.install("-c", str(_constraints()), *args)
 
 
