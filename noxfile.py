@@ -186,6 +186,10 @@ def tests(session: nox.Session, package: str) -> None:
 # The cross-package suite runs on the oldest and the newest JAX we support (Python 3.11 gets
 # jax 0.10.x, 3.12+ get 0.12.x); Python 3.13 adds no JAX version, its packages are tested above.
 INTEGRATION_PYTHONS = ["3.11", "3.12"]
+# The examples and the CLI end to end run once, on the default Python: the Python a fresh machine
+# runs the README's main job with. Numerics across layouts and the multi-process runtime, which
+# depend on the JAX version, run on both.
+ONCE_ONLY = ["test_examples.py", "test_cli_e2e.py"]
 
 
 @nox.session(python=INTEGRATION_PYTHONS)
@@ -194,8 +198,17 @@ def integration(session: nox.Session) -> None:
     editable = [arg for dist in PACKAGES for arg in ("-e", str(PACKAGE_DIRS[dist]))]
     extras = sorted({r for dist in PACKAGES for r in _test_requirements(dist)})
     _install(session, *editable, *TEST_TOOLS, *extras)
+    skip = [] if session.python == DEFAULT_PYTHON else ONCE_ONLY
+    ignore = [f"--ignore={ROOT / 'tests' / name}" for name in skip]
     session.run(
-        "pytest", str(ROOT / "tests"), "-p", "no:cacheprovider", "-q", *XDIST, *session.posargs
+        "pytest",
+        str(ROOT / "tests"),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        *ignore,
+        *XDIST,
+        *session.posargs,
     )
 
 
