@@ -21,7 +21,14 @@ import jax
 from titanax.io._errors import CheckpointError, CheckpointSaveError
 from titanax.io._metadata import build_metadata
 from titanax.io._paths import flat_with_paths, matches_any, path_str
-from titanax.io._steps import COMMIT_MARKER, committed_steps, uncommitted_entries
+from titanax.io._saveable import check_saveable
+from titanax.io._steps import (
+    COMMIT_MARKER,
+    committed_steps,
+    damaged_step_error,
+    move_incomplete_aside,
+    uncommitted_entries,
+)
 from titanax.io._tree_diff import (
     LeafSpec,
     abstract_target,
@@ -30,6 +37,7 @@ from titanax.io._tree_diff import (
     recorded_tree,
     saved_leaf_specs,
 )
+from titanax.mesh import process_count, process_index
 
 __all__ = ["OrbaxCheckpointer"]
 
@@ -79,7 +87,9 @@ class OrbaxCheckpointer:
     the arrays were copied off the devices (they may then be donated or overwritten) and the
     files are written by a background thread. A save becomes visible only when it is complete
     (Orbax's atomic rename plus ``commit_success.txt``); a process killed mid-save leaves the
-    previous step as the latest.
+    previous step as the latest, and when the resumed run saves that step again, a leftover
+    ``<step>`` directory without the marker is moved aside to ``<step>.incomplete-<UTC time>``
+    (logged at WARNING; never restored, never deleted) instead of blocking the save.
 
     Restoring takes a *target*: a pytree of ``jax.ShapeDtypeStruct`` (or ``jax.Array``) whose
     every leaf carries the sharding it must have now — the current mesh and plan, e.g. from
@@ -99,7 +109,8 @@ class OrbaxCheckpointer:
       async_save: write in the background (default) or finish each save before returning.
 
     Raises:
-      CheckpointError: ``keep`` or ``keep_every`` is not a positive int.
+      CheckpointError: ``keep`` or ``keep_every`` is not a positive int; ``directory`` is an
+        existing file, or cannot be created.
 
     Example:
       >>> import tempfile
@@ -134,6 +145,12 @@ class OrbaxCheckpointer:
             raise CheckpointError(f"OrbaxCheckpointer: async_save={async_save!r} must be a bool.")
         self._async = async_save
         self._directory = pathlib.Path(os.fspath(directory)).expanduser().absolute()
+        if self._directory.exists() and not self._directory.is_dir():
+            raise CheckpointError(
+                f"OrbaxCheckpointer: directory={os.fspath(directory)!r} is an existing file "
+                f"({self._directory}), not a directory. Pass the directory that holds (or will "
+                "hold) the <step>/ checkpoint directories, e.g. runs/<name>/ckpt."
+            )
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=self._keep)]  # None: keep all
         if self._keep_every is not None:
             policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=self._keep_every))
@@ -148,10 +165,18 @@ class OrbaxCheckpointer:
             cleanup_tmp_directories=True,
             create=True,
         )
-        self._manager = ocp.CheckpointManager(
-            self._directory, options=options, item_handlers=_item_handlers()
-        )
+        try:
+            self._manager = ocp.CheckpointManager(
+                self._directory, options=options, item_handlers=_item_handlers()
+            )
+        except OSError as err:
+            raise CheckpointError(
+                f"OrbaxCheckpointer: cannot create or open the checkpoint directory "
+                f"{self._directory}: {type(err).__name__}: {err}. Check that its parents are "
+                "directories and writable."
+            ) from err
         self._pending: int | None = None
+        self._saves = 0  # save() calls, identical on every process: names the barriers
         self._closed = False
 
     # -- facts ---------------------------------------------------------------------------------
@@ -219,8 +244,12 @@ class OrbaxCheckpointer:
         processes of a multi-process run must call ``save`` with the same step.
 
         Args:
-          step: non-negative step number; must not exist yet.
-          state: pytree of ``jax.Array`` (any sharding, scalars included) or NumPy arrays.
+          step: non-negative step number; must not exist as a complete step yet (an
+            incomplete ``<step>`` directory left by a crash is moved aside, see above).
+          state: pytree of ``jax.Array`` (any sharding, scalars included), NumPy arrays and
+            scalars of a numeric or bool dtype, Python ``bool``/``int``/``float``. Anything
+            else (strings, Python ``complex``, object arrays, ints beyond 64 bits, typed PRNG
+            keys) is refused before anything is written.
           metadata: JSON-safe mapping (str keys; dicts, lists, str, numbers, bool, None; NumPy
             scalars are converted). The Engine passes ``mesh``, ``plan``,
             ``plan_fingerprint``, ``optimizer_fingerprint``, ``data_position`` and
@@ -230,12 +259,18 @@ class OrbaxCheckpointer:
         Raises:
           CheckpointSaveError: the previous (background) save failed, or this one could not
             start (e.g. the directory is not writable).
-          CheckpointError: ``step`` already exists or is invalid, the metadata is not JSON or
-            uses a reserved key, or Orbax rejects a leaf of ``state``.
+          CheckpointError: ``step`` already exists as a complete step or is invalid, a leaf
+            of ``state`` is not an array or number (every such path is listed), the metadata
+            is not JSON or uses a reserved key, or Orbax rejects the state. Nothing is written
+            or started then, and the checkpointer stays usable.
         """
         api = f"OrbaxCheckpointer.save(step={step})"
         self._check_open("save")
         step = _check_step(api, step)
+        # Before anything starts: Orbax refuses such leaves only after it started the step's
+        # background threads, which then keep the interpreter from exiting for minutes.
+        check_saveable(api, state)
+        record = build_metadata(step, state, metadata if metadata is not None else {})
         self._finish_pending("save")
         if (self._directory / str(step) / COMMIT_MARKER).is_file():
             raise CheckpointError(
@@ -243,13 +278,7 @@ class OrbaxCheckpointer:
                 f"{self.all_steps()}). Checkpoints are never overwritten; save under a new step "
                 "or delete the old directory."
             )
-        if (self._directory / str(step)).exists():
-            raise CheckpointError(
-                f"{api}: {self._directory / str(step)} exists but is not a complete checkpoint "
-                f"(no {COMMIT_MARKER}): an interrupted or foreign write. Remove it, or save under "
-                "another step."
-            )
-        record = build_metadata(step, state, metadata if metadata is not None else {})
+        self._set_aside_incomplete(api)
         ocp = orbax_checkpoint()
         args = ocp.args.Composite(
             **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(record)}
@@ -265,6 +294,16 @@ class OrbaxCheckpointer:
         self._pending = step
         if not self._async:
             self._finish_pending("save")
+
+    def _set_aside_incomplete(self, api: str) -> None:
+        """Moves incomplete ``<step>`` directories aside (process 0) so Orbax forgets them."""
+        self._saves += 1
+        moved = move_incomplete_aside(api, self._directory) if process_index() == 0 else []
+        if process_count() > 1:
+            ocp = orbax_checkpoint()
+            ocp.multihost.sync_global_processes(f"titanax_io_save_{self._saves}")
+        if moved or process_count() > 1:
+            self._manager.reload()
 
     def wait(self) -> None:
         """Blocks until the save in flight is complete.
@@ -330,24 +369,36 @@ class OrbaxCheckpointer:
         Reads Orbax's tree metadata only, no array data.
 
         Raises:
-          CheckpointError: no such complete step.
+          CheckpointError: no such complete step, or its metadata files are damaged.
         """
         self._check_open("saved_tree")
         step = self._resolve_step("OrbaxCheckpointer.saved_tree", step)
-        return saved_leaf_specs(self._state_metadata_tree(step))
+        return saved_leaf_specs(self._state_metadata_tree("OrbaxCheckpointer.saved_tree", step))
 
-    def _state_metadata_tree(self, step: int) -> Any:
-        return self._manager.metadata(step).item_metadata[_STATE].tree
+    def _state_metadata_tree(self, api: str, step: int) -> Any:
+        try:
+            item = self._manager.metadata(step).item_metadata
+            tree = None if item is None or item.get(_STATE) is None else item[_STATE].tree
+        except Exception as err:
+            raise damaged_step_error(
+                api, self._directory / str(step), "its array metadata cannot be read", err
+            ) from err
+        if tree is None:
+            raise damaged_step_error(
+                api, self._directory / str(step), f"it has no readable '{_STATE}' item"
+            )
+        return tree
 
     def metadata(self, step: int | None = None) -> dict[str, Any]:
         """The JSON metadata of ``step`` (latest complete step if ``None``), no array data.
 
         Raises:
-          CheckpointError: no such complete step.
+          CheckpointError: no such complete step, or its metadata is damaged (not valid JSON,
+            not a JSON object, or missing).
         """
         self._check_open("metadata")
         step = self._resolve_step("OrbaxCheckpointer.metadata", step)
-        return self._read_meta(step)
+        return self._read_meta("OrbaxCheckpointer.metadata", step)
 
     def restore(
         self,
@@ -386,7 +437,9 @@ class OrbaxCheckpointer:
           CheckpointError: no such complete step; a target leaf without shape, dtype or
             sharding; a tree mismatch (the message lists missing and unexpected paths and
             shape/dtype changes, checkpoint vs target); a glob of ``partial`` that matches no
-            target path.
+            target path; a damaged step (array or metadata files deleted, truncated or
+            overwritten since the commit) — the message names the step directory and what
+            could not be read.
           CheckpointSaveError: a save in flight failed.
         """
         api = f"OrbaxCheckpointer.restore(step={step})"
@@ -396,9 +449,9 @@ class OrbaxCheckpointer:
         api = f"OrbaxCheckpointer.restore(step={step})"
         abstract = abstract_target(api, target)
         flat_abstract = flat_with_paths(abstract)
-        meta = self._read_meta(step)
+        meta = self._read_meta(api, step)
         if partial is not None:
-            meta_tree = self._state_metadata_tree(step)
+            meta_tree = self._state_metadata_tree(api, step)
             from_orbax = saved_leaf_specs(meta_tree)
             state = self._restore_partial(
                 api, step, target, flat_abstract, meta_tree, from_orbax, partial
@@ -408,7 +461,9 @@ class OrbaxCheckpointer:
         # A checkpoint not written by OrbaxCheckpointer has no recorded tree: ask Orbax (slower,
         # it reads every array's metadata).
         saved = (
-            recorded if recorded is not None else saved_leaf_specs(self._state_metadata_tree(step))
+            recorded
+            if recorded is not None
+            else saved_leaf_specs(self._state_metadata_tree(api, step))
         )
         wanted = {path: leaf_spec(leaf) for path, leaf in flat_abstract}
         diff = diff_trees(saved, wanted)
@@ -421,17 +476,38 @@ class OrbaxCheckpointer:
                 'restore a subset with partial=("params/*", ...).'
             )
         ocp = orbax_checkpoint()
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
-        )
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
+            )
+        except Exception as err:
+            raise damaged_step_error(
+                api, self._directory / str(step), "its arrays cannot be read", err
+            ) from err
         return restored[_STATE], meta
 
-    def _read_meta(self, step: int) -> dict[str, Any]:
+    def _read_meta(self, api: str, step: int) -> dict[str, Any]:
+        step_dir = self._directory / str(step)
+        meta_file = step_dir / _META / "metadata"
+        if not meta_file.is_file():
+            raise damaged_step_error(api, step_dir, f"its metadata file {meta_file} is missing")
         ocp = orbax_checkpoint()
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
-        )
-        return dict(restored[_META])
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
+            )
+            meta = restored[_META]
+        except Exception as err:
+            raise damaged_step_error(
+                api, step_dir, f"its metadata file {meta_file} is not valid JSON", err
+            ) from err
+        if not isinstance(meta, Mapping):
+            raise damaged_step_error(
+                api,
+                step_dir,
+                f"its metadata file {meta_file} holds a JSON {type(meta).__name__}, not an object",
+            )
+        return dict(meta)
 
     def _restore_partial(
         self,
@@ -494,10 +570,15 @@ class OrbaxCheckpointer:
             item,
         )
         state_dir = self._directory / str(step) / _STATE
-        with ocp.PyTreeCheckpointer() as reader:
-            loaded = reader.restore(
-                state_dir, args=ocp.args.PyTreeRestore(item, restore_args=restore_args)
-            )
+        try:
+            with ocp.PyTreeCheckpointer() as reader:
+                loaded = reader.restore(
+                    state_dir, args=ocp.args.PyTreeRestore(item, restore_args=restore_args)
+                )
+        except Exception as err:
+            raise damaged_step_error(
+                api, self._directory / str(step), "its arrays cannot be read", err
+            ) from err
         by_path = dict(flat_with_paths(loaded))
         leaves, treedef = jax.tree_util.tree_flatten(target)
         new_leaves = [

@@ -19,7 +19,12 @@ import numpy as np
 from titanax.io._checkpoint import orbax_checkpoint
 from titanax.io._errors import CheckpointError
 from titanax.io._paths import flat_with_paths, format_shape
-from titanax.io._steps import committed_steps, is_committed, uncommitted_entries
+from titanax.io._steps import (
+    committed_steps,
+    damaged_step_error,
+    is_committed,
+    uncommitted_entries,
+)
 from titanax.io._tree_diff import leaf_spec
 
 __all__ = ["CheckpointInfo", "LeafInfo", "inspect_checkpoint"]
@@ -138,7 +143,8 @@ def inspect_checkpoint(path: str | os.PathLike[str], *, step: int | None = None)
       A :class:`CheckpointInfo`; ``info.describe()`` renders it as a table.
 
     Raises:
-      CheckpointError: ``path`` does not exist, has no complete step, or lacks ``step``.
+      CheckpointError: ``path`` does not exist, has no complete step, or lacks ``step``; the
+        step is damaged (its array metadata or JSON metadata cannot be read).
     """
     where = f"inspect_checkpoint({os.fspath(path)!r})"
     root = pathlib.Path(os.fspath(path)).expanduser().absolute()
@@ -173,6 +179,8 @@ def inspect_checkpoint(path: str | os.PathLike[str], *, step: int | None = None)
     handler = ocp.StandardCheckpointHandler()
     try:
         tree = handler.metadata(state_dir).tree
+    except Exception as err:
+        raise damaged_step_error(where, step_dir, "its array metadata cannot be read", err) from err
     finally:
         handler.close()
     leaves = []
@@ -190,9 +198,18 @@ def inspect_checkpoint(path: str | os.PathLike[str], *, step: int | None = None)
     if meta_dir.is_dir():
         json_handler = ocp.JsonCheckpointHandler()
         try:
-            metadata = dict(json_handler.restore(meta_dir, args=ocp.args.JsonRestore()))
+            loaded = json_handler.restore(meta_dir, args=ocp.args.JsonRestore())
+        except Exception as err:
+            raise damaged_step_error(
+                where, step_dir, f"its metadata in {meta_dir} is not valid JSON", err
+            ) from err
         finally:
             json_handler.close()
+        if not isinstance(loaded, Mapping):
+            raise damaged_step_error(
+                where, step_dir, f"its metadata in {meta_dir} is a JSON {type(loaded).__name__}"
+            )
+        metadata = dict(loaded)
     return CheckpointInfo(
         directory=directory,
         steps=tuple(steps),
