@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import pathlib
+import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +33,17 @@ def test_help_lists_the_commands() -> None:
     assert code == 0
     assert "--cpu-devices" in out
     assert "--set" in out
+
+
+def test_flags_show_as_flags_in_help() -> None:
+    code, out = _invoke("--help")
+    assert code == 0
+    (debug,) = [line for line in out.splitlines() if "--debug" in line]
+    assert "<bool>" not in debug
+    assert "Show the full traceback of an error instead of its" in debug
+    code, out = _invoke("ckpt", "inspect", "--help")
+    assert code == 0
+    assert "<bool>" not in next(line for line in out.splitlines() if "--show-config" in line)
 
 
 def test_validate_ok_and_errors(tiny_tp: pathlib.Path) -> None:
@@ -92,6 +105,11 @@ def test_describe_shows_mesh_layout_and_dry_run(tiny_tp: pathlib.Path) -> None:
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 4}
     assert "all-reduce" in rows["tensor"]  # row-parallel layers sum their partial products
     assert "all-reduce" in rows["data"]  # gradients averaged over the data axis
+    # every collective is mapped to a mesh axis (no "?" / "(unmapped)" row)
+    assert "?" not in rows
+    assert "(unmapped)" not in rows
+    assert " over ?" not in out
+    assert "unmapped" not in out
 
 
 def test_describe_dp_dry_run_has_one_gradient_all_reduce(tiny_dp: pathlib.Path) -> None:
@@ -122,6 +140,8 @@ def test_run_dp_writes_the_run_directory_and_resumes(tiny_dp: pathlib.Path) -> N
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     evals = _csv(root / "eval.csv")
     assert [r["step"] for r in evals] == ["2"]
+    assert set(evals[0]) == {"step", "eval_loss", "eval_accuracy", "eval_targets_per_batch"}
+    assert float(evals[0]["eval_targets_per_batch"]) == 16.0  # labels per validation batch
     summary = json.loads((root / "summary.json").read_text())
     assert summary["final_step"] == 2
     assert summary["resumed_from"] is None
@@ -146,6 +166,7 @@ def test_run_dp_writes_the_run_directory_and_resumes(tiny_dp: pathlib.Path) -> N
     assert "step 3 of [1, 2, 3]" in out
     assert "params/layers/0/kernel" in out
     assert "data position 48" in out
+    assert re.search(r"saved \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n", out), out
     code, out = _invoke(
         "ckpt", "inspect", str(root / "checkpoints"), "--step", "2", "--show-config"
     )
@@ -159,6 +180,13 @@ def test_run_dp_writes_the_run_directory_and_resumes(tiny_dp: pathlib.Path) -> N
     assert code == 0, out
     png = root / "loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out = _invoke("plot", str(root), "--out", str(root / "loss.svg"))
+    assert code == 1
+    assert (
+        f"CLIError: --out {root}/loss.svg: this command writes PNG images only (got suffix "
+        "'.svg'); name a .png file, e.g. --out loss.png." in out
+    )
+    assert not (root / "loss.svg").exists()
     code, out = _invoke("plot", str(root), "--keys", "nothing")
     assert code == 1
     assert "SinkError: plot_metrics: none of ['nothing']" in out
@@ -196,6 +224,58 @@ def test_schedule_draws_the_timeline_and_reports_the_bubble(tmp_path: pathlib.Pa
     code, text = _invoke("schedule", "gpipe", "-p", "2", "-m", "2", "-v", "2")
     assert code == 1
     assert "PipelineError" in text
+    code, text = _invoke("schedule", "gpipe", "-p", "2", "-m", "2", "--out", "timeline")
+    assert code == 1
+    assert "--out timeline: this command writes PNG images only (got no suffix)" in text
+
+
+def test_report_says_whether_the_loss_is_below_or_above_the_unigram_entropy(
+    tmp_path: pathlib.Path,
+) -> None:
+    from rich.console import Console
+
+    from titanax.cli._train import RunResult, _report
+
+    def line(loss: float) -> str:
+        console = Console(record=True, width=300)
+        result = RunResult(
+            run_dir=tmp_path,
+            start_step=0,
+            final_step=5,
+            resumed_from=None,
+            eval_metrics={"loss": loss},
+            stats={"unigram_entropy": 3.25},
+            wall_seconds=1.0,
+        )
+        _report(result, console, unit="nats/byte")
+        return console.export_text().splitlines()[0]
+
+    assert line(2.0).endswith("corpus unigram entropy 3.2500 nats/byte: 1.250 nats/byte below it")
+    assert line(4.0).endswith("corpus unigram entropy 3.2500 nats/byte: 0.750 nats/byte above it")
+
+
+def test_named_mesh_replica_groups_map_to_their_axis(make_mesh: Any) -> None:
+    from titanax.cli._collectives import explicit_replica_groups
+    from titanax.exec import parse_collectives
+
+    line = (
+        "  %all-reduce.47 = (f32[], f32[]) all-reduce(%a, %b), channel_id=51, "
+        "replica_groups=mesh['axis_0'=1,'axis_1'=2,'axis_2'=4], device_ids=([4,2]T(1,0)) "
+        "{'axis_1'}, use_global_device_ids=true, to_apply=%region_72.73.clone"
+    )
+    text = explicit_replica_groups(line)
+    assert "replica_groups={{0,1},{2,3},{4,5},{6,7}}, use_global_device_ids" in text
+    mesh = make_mesh(("data", "tensor"), (4, 2))
+    (found,) = parse_collectives(text, mesh)
+    assert (found.kind, found.axes, found.group_size, found.bytes) == (
+        "all-reduce",
+        ("tensor",),
+        2,
+        8,
+    )
+    over_data = line.replace("{'axis_1'}", "{'axis_2'}")
+    (found,) = parse_collectives(explicit_replica_groups(over_data), mesh)
+    assert found.axes == ("data",)
 
 
 def test_a_resumed_run_continues_exactly(tiny_dp: pathlib.Path, tmp_path: pathlib.Path) -> None:

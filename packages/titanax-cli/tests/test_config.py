@@ -171,8 +171,8 @@ def test_numbers_in_yaml_1_1_exponent_form_are_floats(write_yaml: WriteYaml) -> 
     # YAML 1.1 reads 3e-4 as a string; a float field accepts it.
     config = load_config(write_yaml("c.yaml", "optimizer: {learning_rate: 3e-4}\n"))
     assert config.optimizer == OptimizerConfig(learning_rate=3e-4)
-    with pytest.raises(ConfigError, match=r"optimizer\.learning_rate: expected a number, got "
-                       r"str 'fast'\."):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"optimizer\.learning_rate: expected a number or null, "
+                       r"got str 'fast'\."):  # fmt: skip
         load_config(write_yaml("d.yaml", "optimizer: {learning_rate: fast}\n"))
 
 
@@ -324,3 +324,34 @@ def test_read_config_keeps_good_sections(write_yaml: WriteYaml) -> None:
     assert "run" not in loaded.sections
     assert loaded.sections["mesh"] == MeshConfig(axes=("a",), shape=(2,))
     assert [p.path for p in loaded.problems] == ["run.steps"]
+
+
+def test_empty_env_default_and_quoted_numbers(
+    write_yaml: WriteYaml, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TX_EMPTY", raising=False)
+    monkeypatch.delenv("TX_STEPS", raising=False)
+    path = write_yaml(
+        "c.yaml",
+        """
+        run:
+          name: run${TX_EMPTY:}
+          dir: ${TX_EMPTY:}
+          compilation_cache: "${TX_EMPTY:}"
+        """,
+    )
+    tree, _, problems = read_yaml(path)
+    assert problems == []
+    assert tree["run"] == {"name": "run", "dir": "", "compilation_cache": ""}
+    with pytest.raises(ConfigError, match=r"run\.dir: must name a directory"):
+        load_config(path)  # an empty run.dir is refused by the schema, not read as null
+    path = write_yaml("d.yaml", 'run:\n  steps: "${TX_STEPS:4}"\n  eval_every: ${TX_STEPS:4}\n')
+    with pytest.raises(
+        ConfigError,
+        match=r"d\.yaml:2: run\.steps: expected an int, got str '4' \(quoted in the file, so YAML "
+        r"reads a string; remove the quotes: an unquoted \$\{NAME:default\} is read as an int "
+        r"after substitution\)\.$",
+    ):
+        load_config(path)
+    monkeypatch.setenv("TX_STEPS", "7")
+    assert load_config(path, overrides=["run.steps=5"]).run.eval_every == 7

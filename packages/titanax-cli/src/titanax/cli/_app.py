@@ -79,6 +79,8 @@ ModeOption = Annotated[
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_FLAG = ""  # the metavar of on/off flags: Typer's help would otherwise show them as <bool>
+
 
 def _console(*, stderr: bool = False) -> Any:
     from rich.console import Console
@@ -142,11 +144,23 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show the full traceback of an error instead of its one-line message "
+            "(also accepted after the command, or with TITANAX_DEBUG=1).",
+            metavar=_FLAG,
+        ),
     ] = False,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Show the version and exit.",
+            metavar=_FLAG,
+        ),
     ] = False,
 ) -> None:
     """Titanax: train JAX models with explicit data, FSDP, tensor and pipeline parallelism."""
@@ -234,6 +248,7 @@ def verify(
             "--shrink/--no-shrink",
             help="Shrink the model (divisibility kept) and use synthetic data; "
             "--no-shrink keeps the config's sizes and data.",
+            metavar=_FLAG,
         ),
     ] = True,
 ) -> None:
@@ -265,7 +280,8 @@ def ckpt_inspect(
     path: Annotated[str, typer.Argument(help="A checkpoint directory, a step, or a run dir.")],
     step: Annotated[int | None, typer.Option(help="Step to describe (default: latest).")] = None,
     show_config: Annotated[
-        bool, typer.Option("--show-config", help="Print the config saved with the step.")
+        bool,
+        typer.Option("--show-config", help="Print the config saved with the step.", metavar=_FLAG),
     ] = False,
 ) -> None:
     """List a checkpoint's steps and arrays (shapes, dtypes, saved shardings) from metadata."""
@@ -286,11 +302,38 @@ def ckpt_inspect(
     console.print(
         f"step {info.step}: data position {meta.get('data_position')}, mesh "
         f"{dict(zip(mesh.get('axes', []), mesh.get('shape', []), strict=False))}, plan "
-        f"{str(meta.get('plan_fingerprint', ''))[:12]}, saved {meta.get('wall_time')}",
+        f"{str(meta.get('plan_fingerprint', ''))[:12]}, saved {_utc(meta.get('wall_time'))}",
         markup=False,
     )
     if show_config and isinstance(meta.get("config"), dict):
         console.print(yaml.safe_dump(meta["config"], sort_keys=False), markup=False)
+
+
+def _utc(seconds: Any) -> str:
+    """A Unix time as ISO-8601 UTC (``2026-11-30T11:25:35Z``), or ``"at an unknown time"``."""
+    import datetime
+
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return "at an unknown time"
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _png(out: str, option: str) -> str:
+    """``out`` if it names a PNG file; raises :class:`CLIError` otherwise."""
+    import pathlib
+
+    from titanax.cli._errors import CLIError
+
+    suffix = pathlib.Path(out).suffix
+    if suffix.lower() != ".png":
+        stem = pathlib.Path(out).with_suffix("").name if suffix else pathlib.Path(out).name
+        raise CLIError(
+            f"{option} {out}: this command writes PNG images only (got "
+            + (f"suffix {suffix!r}" if suffix else "no suffix")
+            + f"); name a .png file, e.g. {option} {stem}.png."
+        )
+    return out
 
 
 @app.command()
@@ -310,7 +353,11 @@ def plot(
     from titanax.io import plot_metrics
 
     root = pathlib.Path(run_dir)
-    target = pathlib.Path(out) if out else (root if root.is_dir() else root.parent) / "loss.png"
+    target = (
+        pathlib.Path(_png(out, "--out"))
+        if out
+        else (root if root.is_dir() else root.parent) / "loss.png"
+    )
     names = [k.strip() for k in keys.split(",") if k.strip()]
     written = plot_metrics(root, target, keys=names)
     _console().print(f"wrote {written}")
@@ -330,6 +377,8 @@ def schedule(
     """Draw a pipeline schedule's timeline (PNG) and print its bubble fraction."""
     from titanax.pipeline import build_schedule, plot_schedule
 
+    if out is not None:
+        _png(out, "--out")
     table = build_schedule(
         kind.value,
         stages=stages,

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from titanax.cli._arguments import check_kwargs
 from titanax.cli._config import (
     CNNModel,
     Config,
@@ -159,12 +160,18 @@ def build_optimizer(
 ) -> tuple[optax.GradientTransformation | None, Callable[[Any], Any] | None]:
     """``optax.<name>(learning_rate=<schedule or rate>, **kwargs)``, optionally clipped first.
 
+    The kwargs of the schedule and of the optimizer are checked against the optax functions'
+    signatures first (:func:`titanax.cli._arguments.check_kwargs`): unknown names (with the
+    closest valid one), missing required arguments and values of the wrong type are reported
+    at their config paths, all of them together.
+
     Returns:
       ``(optimizer, schedule)``; ``(None, None)`` after recording problems.
     """
     base: Path = ("optimizer",)
     schedule = None
-    learning_rate: Any = config.learning_rate
+    learning_rate: Any = config.rate
+    ok = True
     if config.schedule is not None:
         name = config.schedule.name
         factory = getattr(optax, name, None) or getattr(optax, f"{name}_schedule", None)
@@ -176,16 +183,25 @@ def build_optimizer(
                 f"optax has no schedule {name!r}"
                 + (f"; did you mean {hint!r}?" if hint else f" (schedules: {', '.join(names)})."),
             )
-            return None, None
-        try:
-            schedule = factory(**config.schedule.kwargs)
-        except (TypeError, ValueError) as err:
-            problems.add(
-                (*base, "schedule", "kwargs"),
-                f"optax.{factory.__name__}(**kwargs) rejected them: {err}",
+            ok = False
+        else:
+            where: Path = (*base, "schedule", "kwargs")
+            kwargs = check_kwargs(
+                factory,
+                config.schedule.kwargs,
+                call=f"optax.{factory.__name__}",
+                field=format_path(where),
+                add=lambda path, message: problems.add((*where, *path), message),
             )
-            return None, None
-        learning_rate = schedule
+            if kwargs is None:
+                ok = False
+            else:
+                try:
+                    schedule = factory(**kwargs)
+                except (TypeError, ValueError) as err:
+                    problems.add(where, f"optax.{factory.__name__}(**kwargs) rejected them: {err}")
+                    ok = False
+                learning_rate = schedule
     factory = getattr(optax, config.name, None)
     if not callable(factory) or config.name.startswith("_"):
         hint = closest(config.name, _optax_names())
@@ -195,8 +211,18 @@ def build_optimizer(
             + (f"; did you mean {hint!r}?" if hint else "."),
         )
         return None, None
+    kwargs = check_kwargs(
+        factory,
+        config.kwargs,
+        call=f"optax.{config.name}",
+        field="optimizer.kwargs",
+        add=lambda path, message: problems.add((*base, "kwargs", *path), message),
+        passed=("learning_rate",),
+    )
+    if kwargs is None or not ok:
+        return None, None
     try:
-        tx = factory(learning_rate=learning_rate, **config.kwargs)
+        tx = factory(learning_rate=learning_rate, **kwargs)
     except (TypeError, ValueError) as err:
         problems.add(
             (*base, "kwargs"),

@@ -480,33 +480,53 @@ class ScheduleConfig:
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+DEFAULT_LEARNING_RATE = 1e-3
+"""The constant rate of an ``optimizer`` section with neither ``learning_rate`` nor ``schedule``."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class OptimizerConfig:
     """Any optax optimizer by name: ``optax.<name>(learning_rate, **kwargs)``.
 
     Args:
       name: e.g. ``"adamw"``, ``"sgd"``, ``"lion"``.
-      learning_rate: a constant rate (used when ``schedule`` is absent).
+      learning_rate: a constant rate (``None``: :data:`DEFAULT_LEARNING_RATE`). Only without
+        ``schedule``: the schedule gives the rate, so setting both is an error (a rate that
+        would be silently ignored).
       schedule: a schedule passed as the learning rate.
-      kwargs: other keyword arguments of the optimizer.
+      kwargs: other keyword arguments of the optimizer (checked against the optax function's
+        signature when the optimizer is built).
       clip_grad_norm: clip the global gradient norm to this value first (``None``: no clipping).
     """
 
     name: str = "adamw"
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     schedule: ScheduleConfig | None = None
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     clip_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         checks = _Checks()
-        if not self.learning_rate > 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             checks.add("learning_rate", f"must be > 0, got {self.learning_rate}.")
+        if self.learning_rate is not None and self.schedule is not None:
+            checks.add(
+                "learning_rate",
+                f"{self.learning_rate} would be ignored: optimizer.schedule "
+                f"({self.schedule.name}) gives the rate. Set the schedule's rate instead "
+                "(optimizer.schedule.kwargs, e.g. peak_value), or remove optimizer.schedule "
+                "to train at a constant learning_rate.",
+            )
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             checks.add("clip_grad_norm", f"must be > 0, got {self.clip_grad_norm}.")
         if "learning_rate" in self.kwargs:
             checks.add("kwargs", "learning_rate goes in optimizer.learning_rate or schedule.")
         checks.raise_if_any()
+
+    @property
+    def rate(self) -> float:
+        """The constant learning rate (``learning_rate``, or the default when it is unset)."""
+        return DEFAULT_LEARNING_RATE if self.learning_rate is None else self.learning_rate
 
 
 _DTYPES = Literal["float32", "bfloat16", "float16"]

@@ -5,7 +5,9 @@ strings such as YAML 1.1's ``3e-4``), ``str``, ``bool``, ``Literal[...]``, ``X |
 ``tuple[T, ...]`` (from lists), ``dict[str, Any]``, nested records, and unions of records told
 apart by their ``kind`` field. It never stops at the first problem: an unknown key (with the
 closest valid name from ``difflib``), a wrong type, a missing required key, and each value a
-record's ``__post_init__`` rejects are all collected, each with its path and location.
+record's ``__post_init__`` rejects are all collected, each with its path and location. A record
+whose only problems are unknown keys is still built (without them), so its values and the checks
+across sections still run; the config as a whole is rejected all the same.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Union
+
+import yaml
 
 from titanax.cli._config import Config
 from titanax.cli._errors import ConfigError, Problem
@@ -144,7 +148,7 @@ class _Converter:
                     pass
         elif tp is str and isinstance(value, str):
             return value
-        self.problem(path, f"expected {describe_type(tp)}, got {_got(value)}.")
+        self.problem(path, f"expected {describe_type(tp)}, got {_got(value)}{_quoted(tp, value)}.")
         return _MISSING
 
     def _union(self, tp: Any, value: Any, path: Path) -> Any:
@@ -166,7 +170,7 @@ class _Converter:
                 return out
             if _accepts_shape(option, value):  # the right kind of value: report its problems
                 self.problems.extend(trial.problems)
-                return _MISSING
+                return out  # a record with unknown keys still converts (see ``record``)
         self.problem(path, f"expected {describe_type(tp)}, got {_got(value)}.")
         return _MISSING
 
@@ -190,7 +194,7 @@ class _Converter:
         hints = _hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         ok = True
-        for key in value:
+        for key in value:  # reported, then left out: the other fields are still checked
             if key not in fields:
                 hint = closest(str(key), fields)
                 self.problem(
@@ -201,7 +205,6 @@ class _Converter:
                     + ", ".join(fields)
                     + ").",
                 )
-                ok = False
         kwargs: dict[str, Any] = {}
         for name, field in fields.items():
             if name not in value:
@@ -228,6 +231,22 @@ class _Converter:
                     (*path, *problem.path.split(".")) if problem.path else path, problem.message
                 )
             return _MISSING
+
+
+def _quoted(tp: Any, value: Any) -> str:
+    """A hint for a string that would be ``tp`` without quotes (``"4"``, ``"${STEPS:4}"``)."""
+    if not isinstance(value, str) or tp not in (int, bool):
+        return ""
+    try:
+        unquoted = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return ""
+    if type(unquoted) is not tp:
+        return ""
+    return (
+        f" (quoted in the file, so YAML reads a string; remove the quotes: an unquoted "
+        f"${{NAME:default}} is read as {describe_type(tp)} after substitution)"
+    )
 
 
 def _accepts_shape(tp: Any, value: Any) -> bool:
@@ -257,8 +276,9 @@ def convert_config(
 
     Returns:
       ``(config, sections, problems)``: ``config`` is ``None`` when there are problems;
-      ``sections`` holds every section that converted cleanly (defaults for absent ones), so
-      later checks can still look at the good parts.
+      ``sections`` holds every section that converted (defaults for absent ones; a section
+      whose only problems are unknown keys, without them), so later checks can still look at
+      the good parts.
     """
     converter = _Converter(locations)
     hints = _hints(Config)

@@ -13,10 +13,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from titanax.cli._collectives import collectives_by_axis
 from titanax.cli._recipes import make_recipe
 from titanax.cli._session import Session
 
 __all__ = ["describe", "state_bytes_per_device"]
+
+
+_UNMAPPED = "(unmapped)"
 
 
 def _mib(value: float | None) -> str:
@@ -93,15 +97,22 @@ def describe(session: Session, console: Any) -> None:
         comm.add_column(column, justify=justify)  # type: ignore[arg-type]
     comm.add_column("result bytes per device", justify="right")
     sizes = dict(session.mesh.shape)
-    per_axis = report.bytes_per_axis()
+    collectives = collectives_by_axis(report, session.mesh)
+    per_axis: dict[str, int] = {}
+    table: dict[tuple[str, tuple[str, ...]], tuple[int, int]] = {}
+    for c in collectives:
+        for axis in c.axes or (_UNMAPPED,):
+            per_axis[axis] = per_axis.get(axis, 0) + c.bytes
+        count, nbytes = table.get((c.kind, c.axes), (0, 0))
+        table[(c.kind, c.axes)] = (count + 1, nbytes + c.bytes)
     for axis in [*sizes, *(a for a in per_axis if a not in sizes)]:
         kinds: dict[str, int] = {}
-        for c in report.collectives:
-            if axis in (c.axes or ("?",)):
+        for c in collectives:
+            if axis in (c.axes or (_UNMAPPED,)):
                 kinds[c.kind] = kinds.get(c.kind, 0) + 1
         text = ", ".join(f"{n}× {k}" for k, n in sorted(kinds.items())) or "none"
         comm.add_row(axis, str(sizes.get(axis, "")), text, _mib(per_axis.get(axis, 0)))
     console.print(comm)
-    for (kind, axes), nbytes in sorted(report.communication().items()):
-        count = sum(1 for c in report.collectives if (c.kind, c.axes) == (kind, axes))
-        console.print(f"  {kind} over {' × '.join(axes) or '?'}: {count} op(s), {_mib(nbytes)}")
+    for (kind, axes), (count, nbytes) in sorted(table.items()):
+        over = " × ".join(axes) or f"{_UNMAPPED} (replica groups not mapped to mesh axes)"
+        console.print(f"  {kind} over {over}: {count} op(s), {_mib(nbytes)}")

@@ -139,8 +139,7 @@ def prepare(
         or (run.mode if run is not None and run.mode else None)
         or (infer_mode(plan_config) if plan_config is not None else "tp")
     )
-    problems = list(loaded.problems)
-    problems += static_problems(
+    static = static_problems(
         sections,
         loaded.locations,
         mode=mode,
@@ -148,7 +147,8 @@ def prepare(
         num_devices=len(devices),
         devices_from=devices_text,
     )
-    built = _build_all(loaded, mode, problems)
+    problems = [*loaded.problems, *static]
+    built = _build_all(loaded, mode, problems, static)
     if problems:
         raise ConfigError(sort_problems(problems))
     if loaded.config is None or built is None:  # unreachable: no problems means all was built
@@ -156,8 +156,20 @@ def prepare(
     return Session(config=loaded.config, loaded=loaded, mode=mode, devices=devices_text, **built)
 
 
-def _build_all(loaded: LoadedConfig, mode: Mode, problems: list[Any]) -> dict[str, Any] | None:
-    """Builds the Titanax objects of every valid section; appends their problems."""
+def _section(problem: Any) -> str:
+    return str(re.split(r"[.\[]", problem.path)[0])
+
+
+def _build_all(
+    loaded: LoadedConfig, mode: Mode, problems: list[Any], static: Sequence[Any]
+) -> dict[str, Any] | None:
+    """Builds the Titanax objects of every section that converted; appends their problems.
+
+    A section whose only schema problems are unknown keys converted (without them) and is built
+    too; a section with a problem across sections (``static``) is not built again, since its
+    build would report the same cause twice. The plan is checked against the parameter and
+    batch shapes whenever the mesh, plan and model sections have no problem of their own.
+    """
     import jax
 
     from titanax.cli import _build
@@ -168,8 +180,8 @@ def _build_all(loaded: LoadedConfig, mode: Mode, problems: list[Any]) -> dict[st
 
     report = _build.Problems(loaded.locations)
     config = loaded.config
-    # Sections with a problem already reported are not built again (one message per cause).
-    reported = {re.split(r"[.\[]", p.path)[0] for p in problems}
+    # Sections with a cross-section problem are not built again (one message per cause).
+    reported = {_section(p) for p in static}
     sections = {k: v for k, v in loaded.sections.items() if k not in reported}
     out: dict[str, Any] = {}
     if "mesh" in sections:
@@ -201,10 +213,13 @@ def _build_all(loaded: LoadedConfig, mode: Mode, problems: list[Any]) -> dict[st
             out["precision"] = _build.build_precision(config)
         except ExecError as err:
             report.add(("precision",), str(err))
-    if not problems and not report.items and {"mesh", "plan", "model"} <= set(out):
+    troubled = {_section(p) for p in [*problems, *report.items]}
+    if not troubled & {"mesh", "plan", "model"} and {"mesh", "plan", "model"} <= set(out):
+        # with a data problem (e.g. data.batch_size, reported already) only the parameters
+        batch = None if "data" in troubled else out["model"].batch
         try:
             shapes = jax.eval_shape(out["model"].init, jax.random.key(0))
-            out["plan"].validate(out["mesh"], params=shapes, batch=out["model"].batch)
+            out["plan"].validate(out["mesh"], params=shapes, batch=batch)
         except ShardingError as err:
             report.add_lines(("plan",), err)
         except ModelError as err:

@@ -3,7 +3,8 @@
 ``Engine.fit`` writes training metrics (``loss``, ``tokens_per_s``, ...) and validation metrics
 (``eval_loss``, ...) through the same sink list. A CSV file's columns are fixed by its first row,
 so training rows go to ``metrics.csv`` and validation rows to ``eval.csv``; TensorBoard and JSONL
-take both. A resumed run appends to the same files.
+take both. Validation rows are renamed on the way (:data:`EVAL_RENAMES`). A resumed run appends
+to the same files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ __all__ = ["RunSinks", "make_sinks"]
 logger = logging.getLogger("titanax.cli")
 
 EVAL_PREFIX = "eval_"
+
+EVAL_RENAMES: dict[str, str | None] = {
+    "eval_count": "eval_targets_per_batch",
+    "eval_loss_sum": None,
+}
+"""How validation metrics are written: ``Engine.evaluate`` averages every metric over batches,
+so its ``count`` is the number of predicted targets (tokens, or labels) per validation batch —
+written as ``eval_targets_per_batch`` — and its ``loss_sum`` a per-batch mean of sums that
+``eval_loss`` (the exact ratio over all batches) already holds, so it is left out."""
 
 
 def _fit_columns(sink: Any, metrics: Mapping[str, float]) -> dict[str, float]:
@@ -40,6 +50,10 @@ class RunSinks:
       train: sinks for rows without ``eval_`` names.
       evaluation: sinks for rows of ``eval_`` names.
       both: sinks that take every row.
+
+    Attributes:
+      last_eval: ``(step, metrics)`` of the last validation row, named as ``Engine.evaluate``
+        returned them (``eval_loss_sum``, ``eval_count``: before :data:`EVAL_RENAMES`).
     """
 
     def __init__(
@@ -52,7 +66,13 @@ class RunSinks:
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         """Writes ``metrics`` at ``step`` to the sinks its names belong to."""
-        evals = {k: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
+        raw = {k: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
+        evals: dict[str, float] = {}
+        for key, value in raw.items():
+            name = EVAL_RENAMES.get(key, key)
+            if name is not None:
+                evals[name] = value
+        metrics = {**{k: v for k, v in metrics.items() if not k.startswith(EVAL_PREFIX)}, **evals}
         train = {k: v for k, v in metrics.items() if not k.startswith(EVAL_PREFIX)}
         for part, sinks in ((train, self.train), (evals, self.evaluation)):
             if part:
@@ -62,8 +82,8 @@ class RunSinks:
                         sink.write(step, row)
         for sink in self.both:
             sink.write(step, metrics)
-        if evals:
-            self.last_eval = (int(step), dict(evals))
+        if raw:
+            self.last_eval = (int(step), raw)
 
     def close(self) -> None:
         """Closes every sink (each once)."""

@@ -89,6 +89,23 @@ def _eval_batches(splits: Splits, session: Session) -> Any:
     return batches
 
 
+def _make_directory(path: pathlib.Path, field: str) -> None:
+    """Creates ``path`` (and its parents), or raises :class:`CLIError` naming it and the fix."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".titanax-write-test.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        if path.exists() and not path.is_dir():
+            reason = "it is an existing file, not a directory"
+        raise CLIError(
+            f"titanax run: cannot use {str(path)!r} ({field}) as a directory: {reason}. Choose "
+            f"another path (--set {field}=...) or fix the file system permissions."
+        ) from err
+
+
 def train(session: Session, console: Any) -> RunResult:
     """Runs (or resumes) the training of ``session`` and evaluates it on the validation split.
 
@@ -100,7 +117,8 @@ def train(session: Session, console: Any) -> RunResult:
       The :class:`RunResult` (also written to ``<run dir>/summary.json``).
 
     Raises:
-      CLIError: the validation split is smaller than one batch.
+      CLIError: the validation split is smaller than one batch; the run directory (or
+        ``checkpoint.dir``) cannot be created or written.
       NonFiniteError, CheckpointError, ...: from the Engine and the checkpointer.
     """
     from titanax.exec import Engine
@@ -119,6 +137,9 @@ def train(session: Session, console: Any) -> RunResult:
         f"[bold]titanax run {session.mode}[/bold] {session.loaded.source} -> {run_dir}\n"
         f"devices: {session.devices}; mesh {sizes}\n{session.model.summary}"
     )
+    _make_directory(run_dir, "run.dir")
+    if config.checkpoint.enabled and config.checkpoint.dir:
+        _make_directory(pathlib.Path(config.checkpoint.dir).expanduser(), "checkpoint.dir")
     splits = load_splits(config.data, config.model, run_dir=run_dir)
     for line in splits.summary:
         console.print(line)
@@ -227,8 +248,10 @@ def _report(result: RunResult, console: Any, *, unit: str) -> None:
     line = f"validation loss {loss:.4f} {unit} at step {result.final_step}"
     entropy = result.stats.get("unigram_entropy")
     if entropy is not None and np.isfinite(loss):
+        side = "below" if loss <= entropy else "above"
         line += (
-            f"; corpus unigram entropy {entropy:.4f} {unit}: {entropy - loss:.3f} {unit} below it"
+            f"; corpus unigram entropy {entropy:.4f} {unit}: {abs(entropy - loss):.3f} {unit} "
+            f"{side} it"
         )
     if "accuracy" in result.eval_metrics:
         line += f"; accuracy {result.eval_metrics['accuracy']:.2%}"

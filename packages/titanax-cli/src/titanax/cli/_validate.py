@@ -1,4 +1,5 @@
-"""Checks across config sections that need no JAX: mode vs plan, plan vs mesh, rules, batch.
+"""Checks across config sections that need no JAX: mode vs plan, plan vs mesh, rules, batch, and
+the directories a run writes (``run.dir``, ``checkpoint.dir``, ``data.cache_dir``).
 
 Each check reports a :class:`~titanax.cli.Problem` at the most specific place it can (the rule's
 line, the plan section that contradicts the mode, ``mesh.shape``); checks that need devices,
@@ -8,6 +9,8 @@ parameter shapes or optax run later, in :mod:`titanax.cli._build`.
 from __future__ import annotations
 
 import math
+import os
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +27,7 @@ from titanax.cli._convert import closest
 from titanax.cli._errors import Problem
 from titanax.cli._yaml import Locations, Path, format_path, locate
 
-__all__ = ["infer_mode", "static_problems"]
+__all__ = ["directory_problem", "infer_mode", "static_problems"]
 
 _MODE_TEXT = {
     "dp": "data parallel in the per-device view (explicit gradient pmean)",
@@ -256,10 +259,10 @@ def _data_problems(report: _Report, sections: Any, sizes: Mapping[str, int] | No
         factors.append((f"accumulate_steps={plan.dp.accumulate_steps}", plan.dp.accumulate_steps))
     total = math.prod(n for _, n in factors)
     if total > 1 and data.batch_size % total:
-        text = " × ".join(t for t, _ in factors)
+        text = " × ".join(t for t, _ in factors) + (f" = {total}" if len(factors) > 1 else "")
         report.add(
             ("data", "batch_size"),
-            f"{data.batch_size} does not divide over {text} = {total}; use a multiple of "
+            f"{data.batch_size} does not divide over {text}; use a multiple of "
             f"{total}, e.g. {max(total, data.batch_size // total * total)}.",
         )
     if isinstance(model, GPTModel) and plan.pp is not None:
@@ -271,6 +274,50 @@ def _data_problems(report: _Report, sections: Any, sizes: Mapping[str, int] | No
                 f"{plan.pp.stages} × {plan.pp.virtual_stages} = {chunks} equal chunks; use a "
                 f"multiple of {chunks}.",
             )
+
+
+def directory_problem(path: str) -> str | None:
+    """Why ``path`` cannot be (or become) a writable directory, or ``None`` if it can.
+
+    Looks without creating anything: ``path`` itself must be a directory if it exists, and the
+    nearest existing ancestor must be a directory this process may write into.
+    """
+    target = pathlib.Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        return (
+            f"{str(target)!r} is an existing file, not a directory; choose another path or "
+            "move the file away."
+        )
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return (
+            f"cannot create {str(target)!r}: {str(existing)!r} is a file, not a directory; "
+            "choose another path."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "write into" if existing == target else f"create {str(target)!r} in"
+        return (
+            f"cannot {what} {str(existing)!r}: permission denied; choose a directory you can "
+            "write to (or fix its permissions)."
+        )
+    return None
+
+
+def _path_problems(report: _Report, sections: Any) -> None:
+    run, checkpoint, data = (sections.get(k) for k in ("run", "checkpoint", "data"))
+    dirs: list[tuple[Path, str]] = []
+    if run is not None:
+        dirs.append((("run", "dir"), run.dir))
+    if checkpoint is not None and checkpoint.enabled and checkpoint.dir:
+        dirs.append((("checkpoint", "dir"), checkpoint.dir))
+    if data is not None and data.cache_dir and data.source == "stdlib_bytes":
+        dirs.append((("data", "cache_dir"), data.cache_dir))
+    for where, path in dirs:
+        problem = directory_problem(path)
+        if problem is not None:
+            report.add(where, problem)
 
 
 def static_problems(
@@ -299,7 +346,11 @@ def static_problems(
     _mode_problems(report, mode, command, sections)
     mesh, plan = sections.get("mesh"), sections.get("plan")
     sizes = _mesh_problems(report, mesh, num_devices, devices_from) if mesh is not None else None
+    if sizes is None and mesh is not None and len(mesh.shape) == len(mesh.axes):
+        # the mesh does not fit the devices (reported above): the sizes it fixes still hold
+        sizes = {a: s for a, s in zip(mesh.axes, mesh.shape, strict=True) if s != -1}
     if plan is not None:
         _plan_mesh_problems(report, plan, mesh, sizes)
     _data_problems(report, sections, sizes)
+    _path_problems(report, sections)
     return report.problems

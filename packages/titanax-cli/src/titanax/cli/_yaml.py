@@ -8,8 +8,10 @@ what configuration errors quote.
 
 Environment substitution: in a string value, ``${NAME}`` is replaced by the variable's value and
 ``${NAME:default}`` falls back to ``default``; a variable that is not set and has no default is a
-problem. A value that was unquoted in the file is re-read after substitution, so
-``steps: ${STEPS:300}`` gives the int 300.
+problem; ``${NAME:}`` falls back to the empty string. A value that was unquoted in the file is
+re-read after substitution, so ``steps: ${STEPS:300}`` gives the int 300 (a quoted
+``"${STEPS:300}"`` stays the string ``"300"``, which the schema rejects with a hint to drop the
+quotes); a substitution that leaves nothing stays the empty string.
 """
 
 from __future__ import annotations
@@ -186,9 +188,9 @@ class _Reader:
                     )
                 )
             return UNRESOLVED
-        if isinstance(node, yaml.ScalarNode) and node.style is None:
+        if isinstance(node, yaml.ScalarNode) and node.style is None and result.strip():
             try:
-                reread = yaml.safe_load(result) if result.strip() else None
+                reread = yaml.safe_load(result)
             except yaml.YAMLError:
                 return result
             if reread is None or isinstance(reread, bool | int | float | str):
