@@ -195,8 +195,8 @@ def vars_of(out: PipelineOutput) -> dict[str, Any]:
     }
 
 
-def test_1f1b_with_fewer_microbatches_than_stages_is_correct() -> None:
-    result = _run("1f1b", 4, 2, per_chunk=2)  # two layers per stage
+def test_gpipe_with_fewer_microbatches_than_stages_is_correct() -> None:
+    result = _run("gpipe", 4, 2, per_chunk=2)  # two layers per stage
     got = _natural(result["out"], result["schedule"])
     assert_close(got, unpipelined(result["problem"]))
 

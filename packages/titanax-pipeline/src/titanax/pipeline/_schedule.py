@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import logging
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 import numpy as np
@@ -26,7 +25,6 @@ from titanax.pipeline._errors import PipelineError
 
 __all__ = ["Arrival", "Op", "Schedule", "ScheduleKind", "build_schedule"]
 
-logger = logging.getLogger(__name__)
 
 ScheduleKind: TypeAlias = Literal["gpipe", "1f1b", "interleaved"]
 _KINDS: tuple[str, ...] = ("gpipe", "1f1b", "interleaved")
@@ -301,9 +299,8 @@ class Schedule:
         all ``m`` microbatch inputs alive.
       * ``"1f1b"``: PipeDream-flush — stage ``s`` runs ``p − s − 1`` warm-up forwards, then
         alternates one forward with one backward. At most ``p − s`` microbatches live on stage
-        ``s``, independent of ``m``. With ``m < p`` warm-ups are cut to ``m`` forwards; the
-        schedule stays valid and runs correctly (no error; a debug log notes the large
-        bubble ``(p − 1)/(m + p − 1)``).
+        ``s``, independent of ``m``. Needs ``m >= p`` (as PyTorch's ``Schedule1F1B`` and
+        ``titanax.sharding.Plan.validate``): with fewer microbatches it degenerates to GPipe.
       * ``"interleaved"``: Megatron-LM's interleaved 1F1B over ``v`` layer chunks per stage
         (stage ``s`` holds virtual stages ``s, s + p, s + 2p, …``); needs ``v >= 2`` and
         ``m % p == 0`` (microbatches travel the ring in groups of ``p``).
@@ -324,7 +321,8 @@ class Schedule:
 
     Raises:
       PipelineError: an unknown kind, a non-positive count, ``virtual_stages != 1`` for GPipe
-        or 1F1B, ``virtual_stages < 2`` or ``microbatches % stages != 0`` for interleaved.
+        or 1F1B, ``microbatches < stages`` for 1F1B, ``virtual_stages < 2`` or
+        ``microbatches % stages != 0`` for interleaved.
 
     Example:
       >>> s = Schedule(kind="1f1b", stages=4, microbatches=8)
@@ -375,14 +373,12 @@ class Schedule:
                 "kind='interleaved'."
             )
         if kind == "1f1b" and m < p:
-            logger.debug(
-                "Schedule(kind='1f1b', stages=%d, microbatches=%d): fewer microbatches than "
-                "stages; warm-ups are cut to %d forwards, the schedule runs correctly with bubble "
-                "(p-1)/(m+p-1) = %.1f%%.",
-                p,
-                m,
-                m,
-                100.0 * (p - 1) / (m + p - 1),
+            raise PipelineError(
+                f"Schedule(kind='1f1b', stages={p}, microbatches={m}): 1F1B needs at least as "
+                f"many microbatches as stages (microbatches >= {p}); with fewer, no stage ever "
+                "reaches its steady one-forward-one-backward phase and the schedule degenerates "
+                f"to GPipe. Fix: use microbatches >= {p}, or kind='gpipe' (same bubble "
+                f"{100.0 * (p - 1) / (m + p - 1):.1f}% and memory at microbatches={m})."
             )
         object.__setattr__(self, "stages", p)
         object.__setattr__(self, "microbatches", m)
