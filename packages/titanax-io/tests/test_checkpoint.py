@@ -534,18 +534,14 @@ def test_unsaveable_leaves_are_refused_before_anything_starts(
     assert ckpt.all_steps() == [1]
 
 
-def test_deleted_arrays_are_refused() -> None:
+def test_deleted_arrays_are_refused(tmp_path: pathlib.Path) -> None:
     donated = jnp.ones(3)
     donated.delete()
-    with OrbaxCheckpointer(tempfile_dir()) as ckpt:
-        with pytest.raises(CheckpointError, match=r"a: jax.Array that was deleted \(donated"):
-            ckpt.save(1, {"a": donated, "b": jnp.ones(2)}, metadata={})
-
-
-def tempfile_dir() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp()
+    with (
+        OrbaxCheckpointer(tmp_path / "ckpt") as ckpt,
+        pytest.raises(CheckpointError, match=r"a: jax.Array that was deleted \(donated"),
+    ):
+        ckpt.save(1, {"a": donated, "b": jnp.ones(2)}, metadata={})
 
 
 _NO_HANG = """

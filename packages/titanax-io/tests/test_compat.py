@@ -164,6 +164,38 @@ def test_argument_errors(args: tuple[Any, Any, Any], match: str) -> None:
         validate_checkpoint_compatibility(*args)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"step": "100"}, r"- step: expected a non-negative int, got str \"100\""),
+        ({"format_version": 1.5}, r"- format_version: expected a non-negative int, got float"),
+        ({"mesh": "2x4"}, r"- mesh: expected a JSON object \(MeshSpec.to_dict\(\)\), got str"),
+        ({"mesh": {"axes": ["data"]}}, r"- mesh.shape: missing \(expected a list of ints\)"),
+        ({"mesh": {"axes": ["data", "x"], "shape": [8]}}, r"- mesh.shape: \[8\] has 1 entries"),
+        ({"plan": [1, 2]}, r"- plan: expected a JSON object, got list"),
+        ({"optimizer_fingerprint": 7}, r"- optimizer_fingerprint: expected a string, got int 7"),
+        ({"tree": {"params/w": {"shape": [8]}}}, r"- tree/params/w: missing \['dtype'\]"),
+        (
+            {"tree": {"params/w": {"shape": "8x16", "dtype": "float32"}}},
+            r"- tree/params/w.shape: expected a list of non-negative ints, got str",
+        ),
+        ({"tree": {"params/w": 3}}, r"- tree/params/w: expected an object"),
+        ({"versions": "new"}, r"- versions: expected a JSON object, got str"),
+        ({1: "x"}, r"- keys \[1\]: JSON object keys are strings"),
+    ],
+)
+def test_garbage_metadata_names_the_field(overrides: dict[Any, Any], match: str) -> None:
+    with pytest.raises(CheckpointError, match=r"(?s)metadata \(step .*\) is malformed.*" + match):
+        validate_checkpoint_compatibility(
+            metadata(**{k: v for k, v in overrides.items() if isinstance(k, str)})
+            | {k: v for k, v in overrides.items() if not isinstance(k, str)},
+            SAVED_MESH,
+            SAVED_PLAN,
+            optimizer_fingerprint="adamw(lr=3e-4)",
+            target={"params": PARAMS},
+        )
+
+
 def test_change_kind_is_checked() -> None:
     with pytest.raises(CheckpointError, match=r"kind='maybe' must be 'reshard'"):
         Change(field="x", saved=1, current=2, kind="maybe")  # type: ignore[arg-type]

@@ -238,3 +238,37 @@ def test_token_windows_errors() -> None:
         windows.__getitems__([0, 9])
     with pytest.raises(DataError, match=r"index 1.5 must be an int"):
         windows[1.5]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("tokens", "kwargs", "match"),
+    [
+        (np.linspace(0, 1, 20), {}, r"tokens have dtype float64; token ids must be integers"),
+        (np.ones(20, bool), {}, r"tokens have dtype bool; token ids must be integers"),
+        (np.arange(20), {"dtype": np.float32}, r"dtype=float32 is not an integer dtype"),
+        (np.arange(20), {"dtype": "nope"}, r"dtype='nope' is not a NumPy dtype"),
+    ],
+)
+def test_token_windows_take_integer_ids_only(
+    tokens: np.ndarray, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(DataError, match=match):
+        TokenWindows(tokens, 4, **kwargs)
+
+
+def test_token_file_errors(tmp_path: pathlib.Path) -> None:
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(b"\x01\x00" * 10 + b"\x07")  # 21 bytes: a cut uint16 file
+    (tmp_path / "empty.bin").write_bytes(b"")
+    cases = [
+        (tmp_path / "missing.bin", {}, r"missing.bin does not exist"),
+        (tmp_path, {}, r"is not a regular file"),
+        (tmp_path / "empty.bin", {}, r"empty.bin is empty"),
+        (odd, {}, r"has 21 bytes, not a multiple of 2 \(the item size of token_dtype=uint16\)"),
+        (odd, {"token_dtype": np.float32}, r"token_dtype=float32 is not an integer dtype"),
+    ]
+    for path, kwargs, match in cases:
+        with pytest.raises(DataError, match=r"TokenWindows.from_file\(.*\): .*" + match):
+            TokenWindows.from_file(path, 4, **kwargs)
+    windows = TokenWindows.from_file(odd, 4, token_dtype=np.uint8)  # bytes: any size fits
+    assert windows[0]["inputs"].tolist() == [1, 0, 1, 0]

@@ -84,8 +84,14 @@ def test_errors_surface_in_the_consumer_and_end_of_data(mesh: jax.sharding.Mesh)
     sharding = NamedSharding(mesh, P("data"))
     batches = prefetch_to_device(broken(), 2, lambda b: sharding)
     next(batches)
-    with pytest.raises(ValueError, match=r"bad sample 17"):
+    with pytest.raises(
+        DataError,
+        match=r"batch 1 failed in the prefetch thread while reading the source iterator: "
+        r"ValueError: bad sample 17",
+    ) as info:
         next(batches)
+    assert isinstance(info.value.__cause__, ValueError)  # the original, with its traceback
+    assert info.value.__cause__.__traceback__ is not None
     with pytest.raises(StopIteration):
         next(batches)
     with pytest.raises(DataError, match=r"source iterator has no 'position'"):
@@ -97,10 +103,33 @@ def test_errors_surface_in_the_consumer_and_end_of_data(mesh: jax.sharding.Mesh)
     assert finite.position == 64
 
 
+def test_a_failing_sharding_fn_is_named(mesh: jax.sharding.Mesh) -> None:
+    def sharding_fn(batch: Any) -> Any:
+        raise KeyError("no layout for x")
+
+    with (
+        prefetch_to_device(loader(), 2, sharding_fn) as batches,
+        pytest.raises(DataError, match=r"batch 0 .* while calling sharding_fn: KeyError"),
+    ):
+        next(batches)
+
+
 @pytest.mark.parametrize(
-    ("size", "fn", "match"),
-    [(0, lambda b: None, r"size=0 must be a positive int"), (1, "data", r"must be a callable")],
+    ("source", "size", "fn", "match"),
+    [
+        ([], 0, lambda b: None, r"size=0 must be a positive int \(the number of batches"),
+        ([], 2.0, lambda b: None, r"size=2.0 must be a positive int"),
+        ([], True, lambda b: None, r"size=True must be a positive int"),
+        ([], 1, "data", r"must be a callable"),
+        (5, 1, lambda b: None, r"iterator must be an iterable of batches .*got int"),
+    ],
 )
-def test_argument_errors(size: int, fn: Any, match: str) -> None:
+def test_argument_errors(source: Any, size: Any, fn: Any, match: str) -> None:
     with pytest.raises(DataError, match=match):
-        prefetch_to_device(iter([]), size, fn)
+        prefetch_to_device(source, size, fn)
+
+
+def test_numpy_int_size(mesh: jax.sharding.Mesh) -> None:
+    sharding = NamedSharding(mesh, P("data"))
+    with prefetch_to_device(loader(num_epochs=1), np.int64(2), sharding) as batches:  # type: ignore[arg-type]
+        assert len(list(batches)) == 4

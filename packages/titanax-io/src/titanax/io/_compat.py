@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 
 import jax
 
@@ -137,6 +137,81 @@ class CompatibilityReport:
             "load a subset with OrbaxCheckpointer.restore(..., partial=('params/*',)) and "
             "initialize the rest."
         )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_list(value: Any) -> TypeGuard[list[int]]:
+    return isinstance(value, list) and all(_is_int(v) for v in value)
+
+
+def _str_list(value: Any) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _field_problems(metadata: Mapping[str, Any]) -> list[str]:
+    """One ``"field: expected ..., got ..."`` line per recorded field of the wrong type.
+
+    A field that is absent (or ``None``) is "not recorded" — checkpoints written by plain Orbax
+    have none — but one that is present must have the type :class:`OrbaxCheckpointer` writes.
+    """
+    out: list[str] = []
+
+    def bad(field: str, expected: str, value: Any) -> None:
+        text = _show(value)
+        out.append(f"{field}: expected {expected}, got {type(value).__name__} {text}")
+
+    for field in ("step", "format_version"):
+        value = metadata.get(field)
+        if value is not None and not (_is_int(value) and value >= 0):
+            bad(field, "a non-negative int", value)
+    for field in ("plan_fingerprint", "optimizer_fingerprint"):
+        value = metadata.get(field)
+        if value is not None and not isinstance(value, str):
+            bad(field, "a string", value)
+    for field in ("plan", "versions"):
+        value = metadata.get(field)
+        if value is not None and not isinstance(value, Mapping):
+            bad(field, "a JSON object", value)
+    mesh = metadata.get("mesh")
+    if mesh is not None:
+        if not isinstance(mesh, Mapping):
+            bad("mesh", "a JSON object (MeshSpec.to_dict())", mesh)
+        else:
+            for key, check, expected in (
+                ("axes", _str_list, "a list of axis names"),
+                ("shape", _int_list, "a list of ints"),
+            ):
+                if key not in mesh:
+                    out.append(f"mesh.{key}: missing (expected {expected})")
+                elif not check(mesh[key]):
+                    bad(f"mesh.{key}", expected, mesh[key])
+            axes, shape = mesh.get("axes"), mesh.get("shape")
+            if _str_list(axes) and _int_list(shape) and len(axes) != len(shape):
+                out.append(
+                    f"mesh.shape: {shape} has {len(shape)} entries for {len(axes)} axes {axes}"
+                )
+    tree = metadata.get("tree")
+    if tree is not None:
+        if not isinstance(tree, Mapping):
+            bad("tree", "a JSON object {path: {shape, dtype}}", tree)
+        else:
+            for path, leaf in tree.items():
+                where = f"tree/{path}"
+                if not isinstance(leaf, Mapping):
+                    bad(where, 'an object {"shape": [...], "dtype": "..."}', leaf)
+                    continue
+                shape, dtype = leaf.get("shape"), leaf.get("dtype")
+                if "shape" not in leaf or "dtype" not in leaf:
+                    missing = [k for k in ("shape", "dtype") if k not in leaf]
+                    out.append(f"{where}: missing {missing}")
+                elif not (_int_list(shape) and all(d >= 0 for d in shape)):
+                    bad(f"{where}.shape", "a list of non-negative ints", shape)
+                elif not isinstance(dtype, str):
+                    bad(f"{where}.dtype", "a dtype name such as 'float32'", dtype)
+    return out
 
 
 def _mesh_dict(mesh: Any) -> dict[str, Any]:
@@ -351,13 +426,31 @@ def validate_checkpoint_compatibility(
 
     Raises:
       CheckpointError: ``raise_on_incompatible`` and an incompatible change — the message names
-        each field (``optimizer_fingerprint``, ``tree/params/w``, ...) with both values; or an
-        argument of the wrong type.
+        each field (``optimizer_fingerprint``, ``tree/params/w``, ...) with both values; an
+        argument of the wrong type; or garbage metadata: not a mapping, or a recorded field
+        of the wrong type or shape (``step``, ``format_version``, ``mesh.axes``,
+        ``mesh.shape``, ``plan``, ``plan_fingerprint``, ``optimizer_fingerprint``,
+        ``tree/<path>.shape``, ``versions`` ...) — every such field is named with what it
+        should be and what it is. Absent fields are not errors: they are reported as
+        ``"info"`` changes ("not recorded").
     """
     if not isinstance(metadata, Mapping):
         raise CheckpointError(
-            "validate_checkpoint_compatibility: metadata must be the checkpoint's JSON mapping, "
-            f"got {type(metadata).__name__}."
+            "validate_checkpoint_compatibility: metadata must be the checkpoint's JSON mapping "
+            f"(OrbaxCheckpointer.metadata()), got {type(metadata).__name__}."
+        )
+    non_str = [k for k in metadata if not isinstance(k, str)]
+    problems = (
+        [f"keys {non_str!r}: JSON object keys are strings"] if non_str else []
+    ) + _field_problems(metadata)
+    if problems:
+        raise CheckpointError(
+            f"validate_checkpoint_compatibility: the checkpoint metadata (step "
+            f"{metadata.get('step')!r}) is malformed; {len(problems)} field(s) cannot be "
+            "checked:\n"
+            + "\n".join(f"- {p}" for p in problems[:40])
+            + "\nPass the metadata OrbaxCheckpointer wrote (ckpt.metadata(step)); if the file "
+            "was edited or damaged, restore another step."
         )
     changes: list[Change] = []
     changes += _mesh_changes(metadata.get("mesh"), mesh)

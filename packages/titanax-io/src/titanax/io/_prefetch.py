@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any
 
 import jax
+import numpy as np
 
 from titanax.io._errors import DataError
 
@@ -18,10 +19,11 @@ _END = object()
 
 
 class _Failure:
-    __slots__ = ("error",)
+    __slots__ = ("error", "stage")
 
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, error: BaseException, stage: str) -> None:
         self.error = error
+        self.stage = stage
 
 
 def to_global_arrays(local_batch: Any, shardings: Any) -> Any:
@@ -69,22 +71,34 @@ class DevicePrefetcher:
     save. :meth:`seek` drops the prefetched batches and restarts the source at a position.
 
     An exception in the background thread (a bad sample, a failed transfer) is raised by the
-    ``next()`` that would have returned that batch. Call :meth:`close` (or use ``with``) to stop
-    the thread early.
+    ``next()`` that would have returned that batch, as a :class:`~titanax.io.DataError` naming
+    the batch and the stage (reading the source, ``sharding_fn``, the transfer) whose
+    ``__cause__`` is the original exception, with its traceback from the thread; after it the
+    iterator is exhausted. Call :meth:`close` (or use ``with``) to stop the thread early.
     """
 
     def __init__(
         self, iterator: Iterator[Any], size: int, sharding_fn: Callable[[Any], Any]
     ) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise DataError(f"prefetch_to_device: size={size!r} must be a positive int.")
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+            raise DataError(
+                f"prefetch_to_device: size={size!r} must be a positive int (the number of "
+                "batches kept ready on the devices; 2 is usually enough)."
+            )
         if not callable(sharding_fn) and not isinstance(sharding_fn, jax.sharding.Sharding):
             raise DataError(
                 "prefetch_to_device: sharding_fn must be a callable batch -> sharding(s) or a "
                 f"jax.sharding.Sharding, got {type(sharding_fn).__name__}."
             )
-        self._source = iter(iterator)
-        self._size = size
+        try:
+            self._source = iter(iterator)
+        except TypeError as err:
+            raise DataError(
+                "prefetch_to_device: iterator must be an iterable of batches (e.g. a "
+                f"ShardedLoader or a generator), got {type(iterator).__name__}."
+            ) from err
+        self._size = int(size)
+        self._handed = 0  # batches returned by next()
         self._sharding_fn = sharding_fn
         self._position: int | None = self._source_position()
         self._done = False
@@ -111,8 +125,10 @@ class DevicePrefetcher:
         return False
 
     def _work(self) -> None:
+        stage = "reading the source iterator"
         try:
             while not self._stop.is_set():
+                stage = "reading the source iterator"
                 try:
                     batch = next(self._source)
                 except StopIteration:
@@ -120,12 +136,14 @@ class DevicePrefetcher:
                     return
                 position = self._source_position()
                 fn = self._sharding_fn
+                stage = "calling sharding_fn"
                 shardings = fn if isinstance(fn, jax.sharding.Sharding) else fn(batch)
+                stage = "copying the batch to the devices"
                 arrays = to_global_arrays(batch, shardings)
                 if not self._put((arrays, position)):
                     return
         except BaseException as err:  # re-raised in the consumer's next()
-            self._put(_Failure(err))
+            self._put(_Failure(err, stage))
 
     def _halt(self) -> None:
         self._stop.set()
@@ -179,10 +197,19 @@ class DevicePrefetcher:
             raise StopIteration
         if isinstance(item, _Failure):
             self._done = True
-            raise item.error
+            err = item.error
+            if isinstance(err, DataError) or not isinstance(err, Exception):
+                raise err  # already ours, or KeyboardInterrupt / SystemExit: as they are
+            raise DataError(
+                f"prefetch_to_device: batch {self._handed} failed in the prefetch thread while "
+                f"{item.stage}: {type(err).__name__}: {err}. The original exception (with its "
+                "traceback) is chained as __cause__; fix the data or the function that raised "
+                "it. This prefetcher is exhausted now: seek() or create a new one to continue."
+            ) from err
         arrays, position = item
         if position is not None:
             self._position = position
+        self._handed += 1
         return arrays
 
     def close(self) -> None:
@@ -226,7 +253,9 @@ def prefetch_to_device(
       them, and ``close``).
 
     Raises:
-      DataError: ``size`` is not a positive int, or ``sharding_fn`` is not callable.
+      DataError: ``size`` is not a positive int, ``iterator`` is not iterable, or
+        ``sharding_fn`` is not callable; at ``next()``, an exception of the background
+        thread (the original as ``__cause__``).
 
     Example:
       >>> import numpy as np

@@ -13,6 +13,27 @@ from titanax.io._errors import DataError
 __all__ = ["TokenWindows"]
 
 
+def _integer_dtype(api: str, name: str, dtype: Any) -> np.dtype[Any]:
+    """``dtype`` as a NumPy integer dtype.
+
+    Raises:
+      DataError: it is not a dtype, or not an integer one (float, bool, ...).
+    """
+    try:
+        out: np.dtype[Any] = np.dtype(dtype)
+    except TypeError as err:
+        raise DataError(
+            f"{api}: {name}={dtype!r} is not a NumPy dtype; pass an integer dtype such as "
+            "np.uint16 or 'int32'."
+        ) from err
+    if out.kind not in "iu":
+        raise DataError(
+            f"{api}: {name}={out} is not an integer dtype; token ids are integers (e.g. uint16 "
+            "for GPT-2's 50257-token vocabulary, int32 for larger ones)."
+        )
+    return out
+
+
 class TokenWindows:
     """Fixed-length windows over a 1-D token array, as ``{"inputs", "targets"}`` samples.
 
@@ -29,11 +50,14 @@ class TokenWindows:
         GPT-2 vocabularies).
       seq_len: tokens per sample (the model's context length).
       stride: tokens between window starts (default ``seq_len``).
-      dtype: dtype of the returned ids (default ``int32``, what embedding lookups want).
+      dtype: integer dtype of the returned ids (default ``int32``, what embedding lookups
+        want).
 
     Raises:
-      DataError: ``tokens`` is not 1-D, ``seq_len`` or ``stride`` is not positive, or there are
-        fewer than ``seq_len + 1`` tokens.
+      DataError: ``tokens`` is not 1-D or not of an integer dtype (float or bool token arrays
+        are refused: their values are not token ids), ``dtype`` is not an integer dtype,
+        ``seq_len`` or ``stride`` is not positive, or there are fewer than ``seq_len + 1``
+        tokens.
 
     Example:
       >>> windows = TokenWindows(np.arange(10, dtype=np.uint16), seq_len=4)
@@ -52,6 +76,12 @@ class TokenWindows:
         arr = tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens)
         if arr.ndim != 1:
             raise DataError(f"TokenWindows: tokens must be 1-D, got shape {arr.shape}.")
+        if arr.dtype.kind not in "iu":
+            raise DataError(
+                f"TokenWindows: tokens have dtype {arr.dtype}; token ids must be integers "
+                "(e.g. uint16 or int32). Tokenize the text first, or convert ids stored as "
+                "floats with tokens.astype(np.int32) after checking they are whole numbers."
+            )
         for name, value in (
             ("seq_len", seq_len),
             ("stride", seq_len if stride is None else stride),
@@ -61,7 +91,7 @@ class TokenWindows:
         self._tokens = arr
         self._seq_len = int(seq_len)
         self._stride = int(seq_len if stride is None else stride)
-        self._dtype = np.dtype(dtype)
+        self._dtype = _integer_dtype("TokenWindows", "dtype", dtype)
         if arr.shape[0] < self._seq_len + 1:
             raise DataError(
                 f"TokenWindows: {arr.shape[0]} tokens cannot make one window of seq_len="
@@ -85,11 +115,35 @@ class TokenWindows:
         Args:
           path: a flat binary file of ``token_dtype`` ids (e.g. nanoGPT's ``train.bin``).
           seq_len: tokens per sample.
-          token_dtype: dtype the file was written with (default ``uint16``).
+          token_dtype: integer dtype the file was written with (default ``uint16``).
           stride: tokens between window starts (default ``seq_len``).
           dtype: dtype of the returned ids.
+
+        Raises:
+          DataError: the file does not exist, is not a regular file, is empty or cannot be
+            read; ``token_dtype`` is not an integer dtype; the file size is not a multiple of
+            ``token_dtype``'s item size (written with another dtype, or truncated); and the
+            errors of the constructor.
         """
-        tokens = np.memmap(os.fspath(path), dtype=np.dtype(token_dtype), mode="r")
+        api = f"TokenWindows.from_file({os.fspath(path)!r})"
+        token_type = _integer_dtype(api, "token_dtype", token_dtype)
+        file = os.fspath(path)
+        if not os.path.isfile(file):
+            what = "is not a regular file" if os.path.exists(file) else "does not exist"
+            raise DataError(f"{api}: {file} {what}; pass the path of a flat binary token file.")
+        try:
+            size = os.path.getsize(file)
+            if size == 0:
+                raise DataError(f"{api}: {file} is empty; it holds no tokens.")
+            if size % token_type.itemsize:
+                raise DataError(
+                    f"{api}: {file} has {size} bytes, not a multiple of {token_type.itemsize} "
+                    f"(the item size of token_dtype={token_type}): it was written with another "
+                    "dtype, or it is truncated. Pass the token_dtype it was written with."
+                )
+            tokens = np.memmap(file, dtype=token_type, mode="r")
+        except OSError as err:
+            raise DataError(f"{api}: cannot read {file}: {type(err).__name__}: {err}.") from err
         return cls(tokens, seq_len, stride=stride, dtype=dtype)
 
     @property
