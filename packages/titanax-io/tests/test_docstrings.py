@@ -9,6 +9,7 @@ import pytest
 import titanax.io._checkpoint
 import titanax.io._loader
 import titanax.io._prefetch
+import titanax.io._sinks
 import titanax.io._token_windows
 
 
@@ -18,6 +19,7 @@ import titanax.io._token_windows
         titanax.io._checkpoint,
         titanax.io._loader,
         titanax.io._prefetch,
+        titanax.io._sinks,
         titanax.io._token_windows,
     ],
     ids=lambda m: m.__name__,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
+import logging
 import pathlib
 from typing import Any
 
@@ -36,8 +36,9 @@ def test_csv_columns_fixed_by_first_row(tmp_path: pathlib.Path) -> None:
         assert sink.columns == ("step", "loss", "lr")
         with pytest.raises(
             SinkError,
-            match=r"metric\(s\) \['eval_loss'\] are not columns of this CSV file; its columns "
-            r"were fixed by the first row: \['step', 'loss', 'lr'\]",
+            match=r"the row does not fit the CSV header \['step', 'loss', 'lr'\]: new metric\(s\) "
+            r"\['eval_loss'\], missing \['lr'\] \(those would be empty cells\)\. A CSV file "
+            r"cannot grow columns .*JSONLSink",
         ):
             sink.write(3, {"loss": 2.0, "eval_loss": 2.1})
     rows = list(csv.reader(path.read_text().splitlines()))
@@ -57,18 +58,114 @@ def test_csv_columns_fixed_by_first_row(tmp_path: pathlib.Path) -> None:
     assert path.read_text().splitlines() == ["step,acc", "0,0.5"]
 
 
-def test_jsonl_rows_are_free_form(tmp_path: pathlib.Path) -> None:
+def _strict_json(line: str) -> Any:
+    """``json.loads`` that refuses NaN / Infinity, as RFC 8259 parsers (JavaScript, jq) do."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_jsonl_rows_are_free_form_and_strict_json(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "metrics.jsonl"
     with JSONLSink(path) as sink:
         sink.write(1, {"loss": 2.5})
         sink.write(2, {"loss": 2.0, "eval_loss": float("nan")})
+        sink.write(3, {"loss": float("inf"), "gnorm": np.float32("-inf"), "lr": 1e-3})
         with pytest.raises(SinkError, match=r"\['wall_time'\] are written by the sink"):
-            sink.write(3, {"wall_time": 1.0})
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+            sink.write(4, {"wall_time": 1.0})
+    rows = [_strict_json(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows[0]["loss"] == 2.5
-    assert math.isnan(rows[1]["eval_loss"])
+    assert rows[1]["eval_loss"] is None  # non-finite -> null
+    assert (rows[2]["loss"], rows[2]["gnorm"], rows[2]["lr"]) == (None, None, 1e-3)
     assert all(isinstance(r["wall_time"], float) for r in rows)
+    assert read_metrics(path)["loss"] == [(1, 2.5), (2, 2.0)]  # null is skipped
+
+
+def test_csv_resume_drops_rows_after_the_checkpoint(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "metrics.csv"
+    with CSVSink(path) as sink:  # the run that crashed after logging step 5
+        for step in range(1, 6):
+            sink.write(step, {"loss": float(step), "lr": 0.1})
+    with open(path, "a") as handle:
+        handle.write("6,0.")  # killed mid-row
+    with caplog.at_level(logging.WARNING, logger="titanax.io._sinks"):
+        resumed = CSVSink(path, resume_from_step=3)  # resumed from the step-3 checkpoint
+    assert "dropped 3 of 6 rows" in caplog.text
+    with resumed:
+        assert resumed.columns == ("step", "loss", "lr")
+        for step in (4, 5):
+            resumed.write(step, {"loss": step / 10, "lr": 0.1})
+    rows = list(csv.reader(path.read_text().splitlines()))
+    assert rows == [
+        ["step", "loss", "lr"],
+        ["1", "1.0", "0.1"],
+        ["2", "2.0", "0.1"],
+        ["3", "3.0", "0.1"],
+        ["4", "0.4", "0.1"],
+        ["5", "0.5", "0.1"],
+    ]
+    # Without resume_from_step, a cut last row is ended before appending: new rows stay whole.
+    with open(path, "a") as handle:
+        handle.write("6,0.")
+    with CSVSink(path) as sink:
+        sink.write(6, {"loss": 0.6})
+    assert path.read_text().splitlines()[-2:] == ["6,0.", "6,0.6,"]
+
+
+def test_jsonl_resume_drops_rows_after_the_checkpoint(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    with JSONLSink(path) as sink:
+        for step in range(0, 50, 10):
+            sink.write(step, {"loss": float(step)})
+    with open(path, "a") as handle:
+        handle.write('{"step": 50, "lo')
+    with JSONLSink(path, resume_from_step=20) as resumed:
+        resumed.write(30, {"loss": -30.0})
+    rows = [_strict_json(line) for line in path.read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(0, 0.0), (10, 10.0), (20, 20.0), (30, -30.0)]
+    with JSONLSink(path, resume_from_step=100):  # nothing after step 100: file unchanged
+        pass
+    assert len(path.read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"resume_from_step": -1}, r"resume_from_step=-1 must be None or a non-negative int"),
+        ({"resume_from_step": True}, r"resume_from_step=True must be None or a non-negative"),
+        ({"resume_from_step": 3, "append": False}, r"resume_from_step=3 needs append=True"),
+    ],
+)
+@pytest.mark.parametrize("sink", [CSVSink, JSONLSink])
+def test_resume_option_checked(
+    tmp_path: pathlib.Path, sink: Any, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(SinkError, match=match):
+        sink(tmp_path / "m", **kwargs)
+
+
+def test_file_sink_path_errors(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(SinkError, match=r"CSVSink: path '.*' is an existing directory; .*\.csv"):
+        CSVSink(tmp_path)
+    with pytest.raises(SinkError, match=r"JSONLSink: path .* is an existing directory"):
+        JSONLSink(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SinkError, match=r"TensorBoardSink: logdir .* is an existing file"):
+        TensorBoardSink(tmp_path / "file")
+    sink = CSVSink(tmp_path / "file" / "metrics.csv")  # parent is a file: fails at first write
+    with pytest.raises(SinkError, match=r"CSVSink: cannot open .*metrics.csv for writing"):
+        sink.write(1, {"loss": 1.0})
+    (tmp_path / "foreign.csv").write_text("epoch,acc\n1,0.5\n")
+    with pytest.raises(SinkError, match=r"does not start with a 'step' column \(header \['epoch'"):
+        CSVSink(tmp_path / "foreign.csv")
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SinkError, match=r"cannot read the existing file .*UnicodeDecodeError"):
+        CSVSink(tmp_path / "binary.csv")
 
 
 def test_stdout_sink_prints_one_line_per_write() -> None:
@@ -152,6 +249,31 @@ def test_tensorboard_events_read_back_with_tensorboard(tmp_path: pathlib.Path) -
     events = accumulator.Scalars("loss")
     assert [e.step for e in events] == [0, 10, 20, 30, 40]
     np.testing.assert_allclose([e.value for e in events], [3.0, 2.9, 2.8, 2.7, 2.6], rtol=1e-6)
+
+
+def test_tensorboard_resume_purges_events_after_the_checkpoint(tmp_path: pathlib.Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = tmp_path / "tb"
+    with TensorBoardSink(logdir) as sink:  # the run that crashed after step 4
+        for step in range(5):
+            sink.write(step, {"loss": float(step)})
+    with TensorBoardSink(logdir, resume_from_step=2) as sink:  # same second: a second file
+        for step in (3, 4):
+            sink.write(step, {"loss": -float(step)})
+    assert len(list(logdir.iterdir())) == 2
+    accumulator = EventAccumulator(str(logdir))
+    accumulator.Reload()
+    events = accumulator.Scalars("loss")
+    assert [(e.step, e.value) for e in events] == [
+        (0, 0.0),
+        (1, 1.0),
+        (2, 2.0),
+        (3, -3.0),
+        (4, -4.0),
+    ]
+    with pytest.raises(SinkError, match=r"resume_from_step='2' must be None or a non-negative"):
+        TensorBoardSink(logdir, resume_from_step="2")  # type: ignore[arg-type]
 
 
 def test_plot_metrics_draws_csv_and_jsonl(tmp_path: pathlib.Path) -> None:
