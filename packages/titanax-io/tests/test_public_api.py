@@ -78,3 +78,11 @@ def test_implements_the_exec_protocols_structurally() -> None:
     for data in (titanax.io.ShardedLoader, titanax.io.DevicePrefetcher):
         assert isinstance(data.position, property)
         assert [n for n, _ in _params(data.seek)] == ["self", "position"]
+
+
+def test_version_and_the_0_2_options() -> None:
+    assert titanax.io.__version__ == "0.2.0"
+    for sink in (titanax.io.CSVSink, titanax.io.JSONLSink, titanax.io.TensorBoardSink):
+        params = dict(_params(sink.__init__))
+        assert params["resume_from_step"] == "KEYWORD_ONLY", sink
+        assert inspect.signature(sink.__init__).parameters["resume_from_step"].default is None
