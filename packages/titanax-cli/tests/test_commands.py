@@ -6,6 +6,7 @@ import csv
 import json
 import pathlib
 import re
+import shutil
 from typing import Any
 
 import numpy as np
@@ -297,6 +298,19 @@ def test_a_resumed_run_continues_exactly(tiny_dp: pathlib.Path, tmp_path: pathli
         _csv(tmp_path / "split" / "eval.csv")[-1]["eval_loss"]
         == (_csv(tmp_path / "straight" / "eval.csv")[-1]["eval_loss"])
     )
+    # A run killed after logging step 3 but before checkpointing it restarts from step 2: the
+    # rows after step 2 are dropped and written once again, not duplicated.
+    shutil.rmtree(tmp_path / "split" / "checkpoints" / "3")
+    code, out = _invoke("run", "dp", "-c", str(tiny_dp), *split, "--set", "run.steps=3")
+    assert code == 0, out
+    assert "Resuming from checkpoint step 2" in out
+    b = _csv(tmp_path / "split" / "metrics.csv")
+    assert [r["step"] for r in b] == ["1", "2", "3"]
+    assert [r["loss"] for r in b] == [r["loss"] for r in a]
+    assert [r["step"] for r in _csv(tmp_path / "split" / "eval.csv")] == ["2", "3"]
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    train_steps = [row["step"] for row in map(json.loads, lines) if "loss" in row]
+    assert train_steps == [1, 2, 3]
 
 
 def test_launch_runs_the_command_as_processes_of_one_run() -> None:

@@ -4,7 +4,7 @@
 (``eval_loss``, ...) through the same sink list. A CSV file's columns are fixed by its first row,
 so training rows go to ``metrics.csv`` and validation rows to ``eval.csv``; TensorBoard and JSONL
 take both. Validation rows are renamed on the way (:data:`EVAL_RENAMES`). A resumed run appends
-to the same files.
+to the same files after dropping the rows logged after its checkpoint.
 """
 
 from __future__ import annotations
@@ -91,23 +91,35 @@ class RunSinks:
             sink.close()
 
 
-def make_sinks(config: LoggingConfig, run_dir: pathlib.Path) -> tuple[RunSinks, list[str]]:
-    """The sinks the ``logging`` section asks for, and the paths they write (for the screen)."""
+def make_sinks(
+    config: LoggingConfig, run_dir: pathlib.Path, *, resume_from_step: int | None = None
+) -> tuple[RunSinks, list[str]]:
+    """The sinks the ``logging`` section asks for, and the paths they write (for the screen).
+
+    Args:
+      config: the ``logging`` section.
+      run_dir: the run directory.
+      resume_from_step: the step training restarts from (the checkpoint's; ``0`` for a fresh
+        start). The CSV and JSONL files drop their rows after it and TensorBoard purges its
+        later events (``titanax.io`` sinks' ``resume_from_step``), so the steps a killed run
+        logged after its last checkpoint are not written twice.
+    """
     from titanax.io import CSVSink, JSONLSink, StdoutSink, TensorBoardSink
 
+    resume = resume_from_step
     train: list[Any] = []
     evaluation: list[Any] = []
     both: list[Any] = []
     paths: list[str] = []
     if config.csv:
-        train.append(CSVSink(run_dir / "metrics.csv"))
-        evaluation.append(CSVSink(run_dir / "eval.csv"))
+        train.append(CSVSink(run_dir / "metrics.csv", resume_from_step=resume))
+        evaluation.append(CSVSink(run_dir / "eval.csv", resume_from_step=resume))
         paths += [str(run_dir / "metrics.csv"), str(run_dir / "eval.csv")]
     if config.tensorboard:
-        both.append(TensorBoardSink(run_dir / "tensorboard"))
+        both.append(TensorBoardSink(run_dir / "tensorboard", resume_from_step=resume))
         paths.append(str(run_dir / "tensorboard"))
     if config.jsonl:
-        both.append(JSONLSink(run_dir / "metrics.jsonl"))
+        both.append(JSONLSink(run_dir / "metrics.jsonl", resume_from_step=resume))
         paths.append(str(run_dir / "metrics.jsonl"))
     if config.stdout:
         both.append(StdoutSink())

@@ -163,7 +163,12 @@ def train(session: Session, console: Any) -> RunResult:
             keep=config.checkpoint.keep,
             async_save=config.checkpoint.async_save,
         )
-    sinks, paths = make_sinks(config.logging, run_dir)
+    latest = checkpoint.latest_step() if checkpoint is not None else None
+    # rows a killed run logged after its last checkpoint (or, without one, after step 0) are
+    # dropped: training repeats those steps and writes them again
+    sinks, paths = make_sinks(
+        config.logging, run_dir, resume_from_step=latest if latest is not None else 0
+    )
     engine = Engine(
         session.mesh,
         session.plan,
@@ -176,7 +181,6 @@ def train(session: Session, console: Any) -> RunResult:
     recipe: Recipe = make_recipe(
         session.mode, session.model, plan=session.plan, mesh=session.mesh, schedule=session.schedule
     )
-    latest = checkpoint.latest_step() if checkpoint is not None else None
     if checkpoint is not None and latest is not None:
         meta = checkpoint.metadata(latest)
         console.print(
