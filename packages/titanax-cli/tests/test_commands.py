@@ -7,7 +7,6 @@ import json
 import pathlib
 import re
 import shutil
-from typing import Any
 
 import numpy as np
 import pytest
@@ -253,30 +252,6 @@ def test_report_says_whether_the_loss_is_below_or_above_the_unigram_entropy(
 
     assert line(2.0).endswith("corpus unigram entropy 3.2500 nats/byte: 1.250 nats/byte below it")
     assert line(4.0).endswith("corpus unigram entropy 3.2500 nats/byte: 0.750 nats/byte above it")
-
-
-def test_named_mesh_replica_groups_map_to_their_axis(make_mesh: Any) -> None:
-    from titanax.cli._collectives import explicit_replica_groups
-    from titanax.exec import parse_collectives
-
-    line = (
-        "  %all-reduce.47 = (f32[], f32[]) all-reduce(%a, %b), channel_id=51, "
-        "replica_groups=mesh['axis_0'=1,'axis_1'=2,'axis_2'=4], device_ids=([4,2]T(1,0)) "
-        "{'axis_1'}, use_global_device_ids=true, to_apply=%region_72.73.clone"
-    )
-    text = explicit_replica_groups(line)
-    assert "replica_groups={{0,1},{2,3},{4,5},{6,7}}, use_global_device_ids" in text
-    mesh = make_mesh(("data", "tensor"), (4, 2))
-    (found,) = parse_collectives(text, mesh)
-    assert (found.kind, found.axes, found.group_size, found.bytes) == (
-        "all-reduce",
-        ("tensor",),
-        2,
-        8,
-    )
-    over_data = line.replace("{'axis_1'}", "{'axis_2'}")
-    (found,) = parse_collectives(explicit_replica_groups(over_data), mesh)
-    assert found.axes == ("data",)
 
 
 def test_a_resumed_run_continues_exactly(tiny_dp: pathlib.Path, tmp_path: pathlib.Path) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from titanax.cli._collectives import collectives_by_axis
 from titanax.cli._recipes import make_recipe
 from titanax.cli._session import Session
 
@@ -97,7 +96,8 @@ def describe(session: Session, console: Any) -> None:
         comm.add_column(column, justify=justify)  # type: ignore[arg-type]
     comm.add_column("result bytes per device", justify="right")
     sizes = dict(session.mesh.shape)
-    collectives = collectives_by_axis(report, session.mesh)
+    # collectives over one device (no communication) are left out
+    collectives = [c for c in report.collectives if c.axes or c.group_size > 1]
     per_axis: dict[str, int] = {}
     table: dict[tuple[str, tuple[str, ...]], tuple[int, int]] = {}
     for c in collectives:

@@ -31,6 +31,11 @@ _OP = re.compile(
     r"(?P<start>-start)?\("
 )
 _ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
+_NAMED = re.compile(
+    r"replica_groups=mesh\[(?P<mesh>[^\]]*)\]"
+    r"(?:,\s*device_ids=\(\[(?P<iota>[0-9,]+)\](?:T\((?P<perm>[0-9,]+)\))?\))?"
+    r"\s*\{(?P<axes>[^}]*)\}"
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -74,16 +79,25 @@ def _groups(line: str, kind: str) -> list[list[int]]:
     match = re.search(r"replica_groups=\{(\{.*?\})\}", line)
     if match:
         return _braced_groups(match.group(1))
-    named = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+    named = _NAMED.search(line)
     if named:
         # mesh['axis_0'=4,'axis_1'=2] {'axis_0'}: devices iota over that shape, grouped along
-        # the listed axes
-        dims = re.findall(r"'([^']+)'=(\d+)", named.group(1))
+        # the listed axes. Newer XLA puts the device order in between:
+        # mesh['axis_0'=1,'axis_1'=2,'axis_2'=4], device_ids=([4,2]T(1,0)) {'axis_1'}.
+        dims = re.findall(r"'([^']+)'=(\d+)", named.group("mesh"))
         names = [n for n, _ in dims]
         sizes = [int(v) for _, v in dims]
-        listed = [names.index(n) for n in re.findall(r"'([^']+)'", named.group(2))]
+        listed = [names.index(n) for n in re.findall(r"'([^']+)'", named.group("axes"))]
         rest = [i for i in range(len(sizes)) if i not in listed]
-        ids = np.arange(math.prod(sizes)).reshape(sizes).transpose(rest + listed)
+        ids = np.arange(math.prod(sizes))
+        if named.group("iota"):
+            order = [int(d) for d in named.group("iota").split(",")]
+            if math.prod(order) != ids.size:
+                return []
+            ids = ids.reshape(order)
+            if named.group("perm"):
+                ids = ids.transpose([int(d) for d in named.group("perm").split(",")])
+        ids = ids.reshape(sizes).transpose(rest + listed)
         size = math.prod(sizes[i] for i in listed)
         groups_list: list[list[int]] = ids.reshape(-1, size).tolist()
         return groups_list
