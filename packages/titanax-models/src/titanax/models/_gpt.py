@@ -158,11 +158,19 @@ def _block(
     heads, head_dim = config.n_heads, config.head_dim
     k_attn, k_mlp = _split(key, 2)
 
-    # Attention: separate q/k/v projections, heads contiguous on the out dim.
-    h = layer_norm(p["ln1"], x)
+    # Attention: separate q/k/v parameters, heads contiguous on the out dim, applied as one
+    # [d, 3, d] matmul. Stacking on a new dim keeps a column-parallel (head) sharding local, and
+    # the backward then forms one partial input gradient instead of three: one all-reduce over
+    # the tensor axis per block, as in Megatron's fused QKV (Shoeybi et al. 2019).
+    h = cast(layer_norm(p["ln1"], x), dtype)
     attn = p["attn"]
+    qkv_kernel = jnp.stack([cast(attn[n]["kernel"], dtype) for n in ("q", "k", "v")], axis=1)
+    qkv = jnp.einsum("bsd,dtk->bstk", h, qkv_kernel)
     q, k, v = (
-        dense(attn[n], h, dtype=dtype).reshape(batch, seq, heads, head_dim) for n in ("q", "k", "v")
+        (
+            qkv[:, :, i] + cast(attn[n]["bias"], dtype) if "bias" in attn[n] else qkv[:, :, i]
+        ).reshape(batch, seq, heads, head_dim)
+        for i, n in enumerate(("q", "k", "v"))
     )
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     scores = scores / jnp.float32(math.sqrt(head_dim))
