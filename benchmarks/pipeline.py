@@ -8,9 +8,12 @@ interleaved 1F1B with v = 2).
    (``jit(...).lower(...).compile().memory_analysis()``) of the compiled schedule alone
    (``make_pipeline``: the blocks' loss and gradients for ``m`` microbatches of the embedded
    batch; inputs are arguments, gradients outputs), for m = p, 2p, 4p at a fixed microbatch
-   size (interleaved at m = 4p only). 1F1B should stay flat in m and GPipe grow by one
-   microbatch activation per microbatch (its stash). Goal: 1F1B ÷ GPipe ≤ 1.3·p/m at m = 4p.
-   The compiled stage backward alone is measured too: it is the part no schedule changes.
+   size (interleaved at m = 4p only), for both ``activations`` modes: ``"recompute"`` (each
+   backward recomputes the stage forward from the stashed stage input; GPipe grows by one
+   activation per microbatch) and ``"stash"`` (the forward's residuals are kept until the
+   backward; GPipe keeps the residuals of m microbatches, 1F1B of at most p). Goal, per mode:
+   1F1B ÷ GPipe ≤ 1.3·p/m at m = 4p. The compiled stage backward alone is measured too: in
+   recompute mode it is the part no schedule changes.
 2. Bubble fraction of each schedule from its tick table (unit-time F and B).
 3. Step time — the whole model's loss and gradients (``pipeline_value_and_grad``, 4 devices)
    ÷ ``jax.value_and_grad`` of the same model on 1 device, same global batch (m = 2p),
@@ -57,6 +60,7 @@ P = 4
 MICROBATCH = 4  # sequences per microbatch
 CONFIG = GPTConfig(vocab_size=256, seq_len=64, d_model=64, n_heads=4, n_layers=8)
 KINDS = (("gpipe", 1), ("1f1b", 1), ("interleaved", 2))
+MODES = ("recompute", "stash")
 
 
 def embed(rest: dict[str, Any], tokens: jax.Array) -> jax.Array:
@@ -86,11 +90,11 @@ def memory_rows(params: dict[str, Any], mesh: jax.sharding.Mesh) -> list[dict[st
     act = (MICROBATCH, CONFIG.seq_len, CONFIG.d_model)
     act_bytes = int(np.prod(act)) * 4
     rows = []
-    for kind, v in KINDS:
+    for mode, (kind, v) in ((mode, kv) for mode in MODES for kv in KINDS):
         # Interleaved only at m = 4p, for reference (its chunks are half a stage's layers).
         for m in (P, 2 * P, 4 * P) if v == 1 else (4 * P,):
             schedule = build_schedule(kind, stages=P, microbatches=m, virtual_stages=v)
-            fn = make_pipeline(blocks, head_loss, mesh=mesh, schedule=schedule)
+            fn = make_pipeline(blocks, head_loss, mesh=mesh, schedule=schedule, activations=mode)
             args = (
                 shapes(params["blocks"]),
                 shapes(rest),
@@ -100,6 +104,7 @@ def memory_rows(params: dict[str, Any], mesh: jax.sharding.Mesh) -> list[dict[st
             analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
             rows.append(
                 {
+                    "activations": mode,
                     "schedule": kind,
                     "virtual_stages": v,
                     "microbatches": m,
@@ -114,7 +119,8 @@ def memory_rows(params: dict[str, Any], mesh: jax.sharding.Mesh) -> list[dict[st
                 }
             )
             print(
-                f"  memory {kind:11s} m={m:2d}: temp {rows[-1]['temp_bytes'] / 2**20:7.3f} MiB",
+                f"  memory {mode:9s} {kind:11s} m={m:2d}: "
+                f"temp {rows[-1]['temp_bytes'] / 2**20:7.3f} MiB",
                 flush=True,
             )
     return rows
@@ -157,15 +163,19 @@ def step_rows(
         jax.jit(jax.value_and_grad(one_device_loss)), (params, inputs, labels), repeats
     )
     rows = [{"schedule": "unpipelined (1 device)", "step_s": base, "ratio": 1.0}]
-    for kind, v in KINDS:
+    for mode, (kind, v) in ((mode, kv) for mode in MODES for kv in KINDS):
         schedule = build_schedule(kind, stages=P, microbatches=m, virtual_stages=v)
         fn = jax.jit(
-            pipeline_value_and_grad(embed, blocks, head_loss, mesh=mesh, schedule=schedule)
+            pipeline_value_and_grad(
+                embed, blocks, head_loss, mesh=mesh, schedule=schedule, activations=mode
+            )
         )
         stored = {**params, "blocks": to_storage_order(params["blocks"], schedule)}
         seconds = _median_time(fn, (stored, inputs, labels), repeats)
-        rows.append({"schedule": kind, "step_s": seconds, "ratio": seconds / base})
-        print(f"  step {kind:11s}: {seconds * 1e3:8.2f} ms", flush=True)
+        rows.append(
+            {"activations": mode, "schedule": kind, "step_s": seconds, "ratio": seconds / base}
+        )
+        print(f"  step {mode:9s} {kind:11s}: {seconds * 1e3:8.2f} ms", flush=True)
     return rows
 
 
@@ -174,7 +184,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     start = time.perf_counter()
-    print("compiling 8 pipelined programs for the memory table, then 4 timed steps", flush=True)
+    print("compiling 16 pipelined programs for the memory table, then 7 timed steps", flush=True)
     mesh = MeshSpec(axes=("pipeline",), shape=(P,), devices=P).build()
     params = gpt_init(CONFIG, jax.random.key(0), stacked=True)
     memory = memory_rows(params, mesh)
@@ -186,39 +196,51 @@ def main() -> None:
         f"p={P}, microbatch={MICROBATCH} sequences "
         f"(one activation A = {memory[0]['activation_bytes'] / 1024:.0f} KiB)\n"
     )
-    print("| schedule | m | ticks | bubble | stash + cotangent slots | temp / device (MiB) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| activations | schedule | m | ticks | bubble | stash + cotangent slots "
+        "| temp / device (MiB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for row in memory:
         print(
-            f"| {row['schedule']} | {row['microbatches']} | {row['ticks']} | "
-            f"{row['bubble_fraction']:.3f} | {row['stash_slots']} + {row['cotangent_slots']} | "
+            f"| {row['activations']} | {row['schedule']} | {row['microbatches']} | "
+            f"{row['ticks']} | {row['bubble_fraction']:.3f} | "
+            f"{row['stash_slots']} + {row['cotangent_slots']} | "
             f"{row['temp_bytes'] / 2**20:.3f} |"
         )
-    temp = {(r["schedule"], r["microbatches"]): r["temp_bytes"] for r in memory}
+    temp = {(r["activations"], r["schedule"], r["microbatches"]): r["temp_bytes"] for r in memory}
     m_big = 4 * P
-    ratio = temp[("1f1b", m_big)] / temp[("gpipe", m_big)]
     goal = 1.3 * P / m_big
-    growth = {
-        kind: (temp[(kind, m_big)] - temp[(kind, P)])
-        / ((m_big - P) * memory[0]["activation_bytes"])
-        for kind in ("gpipe", "1f1b")
-    }
-    print(
-        f"\n1F1B ÷ GPipe temp at m = {m_big}: {ratio:.3f} (goal <= 1.3·p/m = {goal:.3f}: "
-        f"{'met' if ratio <= goal else 'NOT met'}); growth per extra microbatch, in "
-        f"activations A: " + ", ".join(f"{k} {g:.2f}" for k, g in growth.items())
-    )
     act_bytes = memory[0]["activation_bytes"]
-    rest_a = (temp[("1f1b", P)] - stage_temp) / act_bytes
+    ratios = {mode: temp[(mode, "1f1b", m_big)] / temp[(mode, "gpipe", m_big)] for mode in MODES}
+    growth = {
+        mode: {
+            kind: (temp[(mode, kind, m_big)] - temp[(mode, kind, P)]) / ((m_big - P) * act_bytes)
+            for kind in ("gpipe", "1f1b")
+        }
+        for mode in MODES
+    }
+    print()
+    for mode in MODES:
+        print(
+            f"{mode}: 1F1B ÷ GPipe temp at m = {m_big}: {ratios[mode]:.3f} (goal <= 1.3·p/m = "
+            f"{goal:.3f}: {'met' if ratios[mode] <= goal else 'NOT met'}); growth per extra "
+            "microbatch, in activations A: "
+            + ", ".join(f"{k} {g:.2f}" for k, g in growth[mode].items())
+        )
+    rest_a = (temp[("recompute", "1f1b", P)] - stage_temp) / act_bytes
     print(
-        f"Where 1F1B's {temp[('1f1b', P)] / 2**20:.3f} MiB go: one stage's recomputed backward "
-        f"compiled alone needs {stage_temp / 2**20:.3f} MiB ({stage_temp / act_bytes:.0f} A); "
-        f"the pipeline adds {rest_a:.0f} A (stash, cotangent slot, messages, gradient sums). "
-        "Only the stash depends on the schedule."
+        f"Where recompute 1F1B's {temp[('recompute', '1f1b', P)] / 2**20:.3f} MiB go: one "
+        f"stage's recomputed backward compiled alone needs {stage_temp / 2**20:.3f} MiB "
+        f"({stage_temp / act_bytes:.0f} A); the pipeline adds {rest_a:.0f} A (stash, cotangent "
+        "slot, messages, gradient sums). Only the stash depends on the schedule."
     )
-    print("\n| step (m = 2p) | median (ms) | ÷ unpipelined |\n|---|---|---|")
+    print("\n| activations | step (m = 2p) | median (ms) | ÷ unpipelined |\n|---|---|---|---|")
     for row in steps:
-        print(f"| {row['schedule']} | {row['step_s'] * 1e3:.2f} | {row['ratio']:.2f} |")
+        print(
+            f"| {row.get('activations', '-')} | {row['schedule']} | {row['step_s'] * 1e3:.2f} | "
+            f"{row['ratio']:.2f} |"
+        )
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "pipeline.json"
@@ -235,9 +257,9 @@ def main() -> None:
                 "stages": P,
                 "microbatch_sequences": MICROBATCH,
                 "memory": memory,
-                "one_f_one_b_over_gpipe_at_4p": ratio,
+                "one_f_one_b_over_gpipe_at_4p": ratios,
                 "goal": goal,
-                "goal_met": ratio <= goal,
+                "goal_met": {mode: ratio <= goal for mode, ratio in ratios.items()},
                 "growth_per_microbatch_in_activations": growth,
                 "one_stage_backward_temp_bytes": stage_temp,
                 "step": steps,

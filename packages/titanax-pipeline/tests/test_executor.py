@@ -2,7 +2,9 @@
 
 18 configurations (p in {2, 4} × m in {p, 2p, 4p} × GPipe / 1F1B / interleaved with v = 2),
 each compiled once (module-scoped fixture) with NaN in every bubble, idle send and unused
-slot, so a read of anything the schedule did not produce poisons loss or gradients.
+slot, so a read of anything the schedule did not produce poisons loss or gradients. Stashed
+activations (``activations="stash"``): 6 configurations covering every schedule at p = 2 and
+p = 4 and m = p and 2p, and the compiled program's branches checked for the stage forward.
 
 Tolerance: float32, rtol 1e-5, plus an absolute 1e-5 × (largest |value| of the leaf) for
 entries that nearly cancel — the pipeline sums microbatch contributions in another order than
@@ -12,6 +14,7 @@ the unpipelined batch, so rounding errors of the leaf's big entries land on its 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -115,7 +118,13 @@ CONFIGS = [
 
 
 def _run(
-    kind: str, p: int, m: int, *, per_chunk: int = 1, keep_arrays: bool = False
+    kind: str,
+    p: int,
+    m: int,
+    *,
+    per_chunk: int = 1,
+    keep_arrays: bool = False,
+    activations: Any = "recompute",
 ) -> dict[str, Any]:
     v = 2 if kind == "interleaved" else 1
     schedule = build_schedule(kind, stages=p, microbatches=m, virtual_stages=v)  # type: ignore[arg-type]
@@ -127,6 +136,7 @@ def _run(
         schedule=schedule,
         bubble_fill=float("nan"),
         trace=True,
+        activations=activations,
     )
     out = jax.jit(pipe)(
         to_storage_order(problem["blocks"], schedule),
@@ -239,6 +249,81 @@ def test_explicit_data_axis() -> None:
     assert_close(out, unpipelined(problem))
 
 
+# ----- stashed activations --------------------------------------------------------------------
+STASH_CONFIGS = [
+    ("gpipe", 2, 4),
+    ("gpipe", 4, 4),
+    ("1f1b", 2, 2),
+    ("1f1b", 4, 8),
+    ("interleaved", 2, 4),
+    ("interleaved", 4, 4),
+]
+
+
+@pytest.fixture(scope="module", params=STASH_CONFIGS, ids=lambda c: f"{c[0]}-p{c[1]}-m{c[2]}")
+def stash_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return _run(*request.param, activations="stash")
+
+
+def test_stash_equals_unpipelined(stash_config: dict[str, Any]) -> None:
+    schedule, out = stash_config["schedule"], stash_config["out"]
+    assert np.all(np.isfinite(np.asarray(out.input_grads)))  # NaN fill never leaked
+    assert_close(_natural(out, schedule), unpipelined(stash_config["problem"]))
+    tags = np.where(schedule.op != Op.IDLE, schedule.microbatch, -1)
+    np.testing.assert_array_equal(np.asarray(out.trace)[..., 1], tags)
+
+
+def _tanh_per_branch(activations: str) -> list[int]:
+    """Per branch of the compiled per-tick switch (idle, F, B[, B on the last stage]): how
+    many ``tanh`` ops (the stage forward's only transcendental; its derivative reuses the
+    output) that branch and everything it calls contain."""
+    schedule = build_schedule("1f1b", stages=2, microbatches=2)
+    problem = make_problem(2, 2)
+    pipe = make_pipeline(
+        stage_fn, loss_fn, mesh=pipeline_mesh(2), schedule=schedule, activations=activations
+    )
+    args = (problem["blocks"], problem["head"], problem["inputs"], problem["targets"])
+    text = jax.jit(pipe).lower(*args).compile().as_text()
+    bodies: dict[str, list[str]] = {}
+    name = None
+    for line in text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header:
+            name = header.group(1)
+            bodies[name] = []
+        elif line.strip() == "}":
+            name = None
+        elif name is not None:
+            bodies[name].append(line)
+
+    def count(comp: str, seen: set[str]) -> int:
+        if comp in seen:
+            return 0
+        seen.add(comp)
+        lines = bodies[comp]
+        called = {r for line in lines for r in re.findall(r"%([\w.\-]+)", line) if r in bodies}
+        return sum(len(re.findall(r"\btanh\(", line)) for line in lines) + sum(
+            count(c, seen) for c in called
+        )
+
+    switches = [
+        [n.strip().lstrip("%") for n in m.group(1).split(",")]
+        for lines in bodies.values()
+        for line in lines
+        if (m := re.search(r"branch_computations=\{([^}]*)\}", line))
+    ]
+    (switch,) = [s for s in switches if len(s) >= 3]
+    return [count(branch, set()) for branch in switch]
+
+
+def test_stash_backward_does_not_recompute_the_forward() -> None:
+    # Recompute: the backward branch runs the stage forward again (one tanh per layer).
+    assert _tanh_per_branch("recompute") == [0, 1, 1]
+    # Stash: the stashed backward has none; only the forward and the last stage's combined
+    # forward-and-backward compute tanh.
+    assert _tanh_per_branch("stash") == [0, 1, 0, 1]
+
+
 # ----- errors ---------------------------------------------------------------------------------
 def _call(
     *,
@@ -315,3 +400,16 @@ def test_error_stage_changes_shape() -> None:
 def test_error_loss_not_two_scalars() -> None:
     with pytest.raises(PipelineError, match=r"loss_fn\(head_params, outputs, targets\) must"):
         _call(loss=lambda head, y, t: jnp.sum(y))
+
+
+def test_error_activations_value() -> None:
+    with pytest.raises(
+        PipelineError, match=r"activations must be 'recompute' .* or 'stash' .*, got 'keep'"
+    ):
+        make_pipeline(
+            stage_fn,
+            loss_fn,
+            mesh=pipeline_mesh(2),
+            schedule=build_schedule("1f1b", stages=2, microbatches=2),
+            activations="keep",  # type: ignore[arg-type]
+        )

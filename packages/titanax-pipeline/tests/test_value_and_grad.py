@@ -298,3 +298,16 @@ def test_error_missing_blocks() -> None:
     params["layers"] = params.pop("blocks")
     with pytest.raises(PipelineError, match=r"stacked blocks under 'blocks'; got \["):
         jax.eval_shape(_fn(), params, tokens, labels)
+
+
+def test_error_activations_value() -> None:
+    mesh = MeshSpec(axes=("pipeline",), shape=(2,), devices=2).build()
+    with pytest.raises(PipelineError, match=r"activations must be 'recompute' .*, got 'none'"):
+        pipeline_value_and_grad(
+            EMBED,
+            BLOCKS,
+            post_fn,
+            mesh=mesh,
+            schedule=build_schedule("1f1b", stages=2, microbatches=2),
+            activations="none",  # type: ignore[arg-type]
+        )

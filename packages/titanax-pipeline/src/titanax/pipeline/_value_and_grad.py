@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from titanax.pipeline._errors import PipelineError
-from titanax.pipeline._executor import LossFn, PyTree, StageFn, make_pipeline
+from titanax.pipeline._executor import Activations, LossFn, PyTree, StageFn, make_pipeline
 from titanax.pipeline._schedule import Schedule
 
 __all__ = ["pipeline_value_and_grad"]
@@ -65,6 +65,7 @@ def pipeline_value_and_grad(
     axis: str = "pipeline",
     blocks_key: str = "blocks",
     bubble_fill: float = 0.0,
+    activations: Activations = "recompute",
 ) -> Callable[[Mapping[str, Any], PyTree, PyTree], tuple[jax.Array, dict[str, Any]]]:
     """Mean loss and gradients of ``post ∘ blocks ∘ pre`` with the blocks pipelined.
 
@@ -94,6 +95,9 @@ def pipeline_value_and_grad(
       axis: the pipeline mesh axis.
       blocks_key: key of the stacked blocks in ``params``.
       bubble_fill: see :func:`make_pipeline` (NaN in tests).
+      activations: ``"recompute"`` (default) or ``"stash"``: whether each backward recomputes
+        the stage forward or applies the residuals its forward stashed; see
+        :func:`make_pipeline` for the memory trade-off.
 
     Returns:
       ``fn(params, inputs, targets) -> (loss, grads)``: ``inputs`` and ``targets`` are trees
@@ -103,7 +107,7 @@ def pipeline_value_and_grad(
     Raises:
       PipelineError: ``params`` without ``blocks_key``; inputs/targets without a common
         batch dim or one not divisible by ``microbatches`` (the message names both); and
-        everything :func:`make_pipeline` raises.
+        everything :func:`make_pipeline` raises (e.g. an unknown ``activations``).
 
     Example:
       >>> fn = pipeline_value_and_grad(embed, blocks_fn, head_loss, mesh=mesh,
@@ -111,7 +115,13 @@ def pipeline_value_and_grad(
       >>> loss, grads = jax.jit(fn)(params, tokens, labels)   # doctest: +SKIP
     """
     pipe = make_pipeline(
-        stage_fn, post_fn, mesh=mesh, schedule=schedule, axis=axis, bubble_fill=bubble_fill
+        stage_fn,
+        post_fn,
+        mesh=mesh,
+        schedule=schedule,
+        axis=axis,
+        bubble_fill=bubble_fill,
+        activations=activations,
     )
     m = schedule.microbatches
     api = f"pipeline_value_and_grad(schedule={schedule.kind!r}, microbatches={m})"
