@@ -59,6 +59,12 @@ def main() -> None:
     parser.add_argument("--stages", type=int, default=4)
     parser.add_argument("--microbatches", type=int, default=8)
     parser.add_argument("--virtual", type=int, default=1, help="virtual stages (interleaved)")
+    parser.add_argument(
+        "--activations",
+        choices=("recompute", "stash"),
+        default="recompute",
+        help="recompute each stage forward in its backward, or keep the forward's residuals",
+    )
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -103,7 +109,7 @@ def main() -> None:
         return cross_entropy(gpt_head(rest, y, config=config), targets)  # on the last stage
 
     value_and_grad = pipeline_value_and_grad(
-        pre, stage, post, mesh=mesh, schedule=table, axis="pipeline"
+        pre, stage, post, mesh=mesh, schedule=table, axis="pipeline", activations=args.activations
     )
 
     @step_fn

@@ -355,3 +355,19 @@ def test_empty_env_default_and_quoted_numbers(
         load_config(path)
     monkeypatch.setenv("TX_STEPS", "7")
     assert load_config(path, overrides=["run.steps=5"]).run.eval_every == 7
+
+
+def test_pp_activations_reach_the_plan(write_yaml: WriteYaml) -> None:
+    from titanax.cli._build import build_plan
+
+    text = "plan: {pp: {stages: 2, microbatches: 2, activations: stash}}\n"
+    config = load_config(write_yaml("c.yaml", text))
+    pp = build_plan(config.plan, mode="pp").pipeline_parallel
+    assert pp is not None
+    assert (pp.activations, pp.microbatches) == ("stash", 2)
+    with pytest.raises(
+        ConfigError,
+        match=r"c\.yaml:1: plan\.pp\.activations: expected one of 'recompute', 'stash', got str "
+        r"'remat'",
+    ):
+        load_config(write_yaml("c.yaml", text.replace("stash", "remat")))

@@ -47,6 +47,10 @@ def by_path(tree: Any, specs: Any) -> dict[str, P]:
         (lambda: PP(stages=2, microbatches=True), r"PP: microbatches=True must be an int"),
         (lambda: PP(stages=2, microbatches=4, schedule="zb"), r"PP: schedule='zb' is not one of"),
         (
+            lambda: PP(stages=2, microbatches=4, activations="remat"),  # type: ignore[arg-type]
+            r"PP: activations='remat' is not one of \['recompute', 'stash'\]",
+        ),
+        (
             lambda: PP(stages=2, microbatches=4, virtual_stages=2),
             r"PP: virtual_stages=2 needs schedule='interleaved' \(got '1f1b'\)",
         ),
@@ -78,6 +82,8 @@ def test_records_defaults_and_conversions() -> None:
     assert FSDP().min_size_bytes == 4096
     assert TP(rules={"a": ["tensor"]}).rules == Rules({"a": P("tensor")})
     assert PP(stages=2, microbatches=2, stacked="layers/*").stacked == ("layers/*",)
+    assert PP(stages=2, microbatches=2).activations == "recompute"
+    assert PP(stages=2, microbatches=2, activations="stash").activations == "stash"
     assert Plan(rules={"a": P()}).rules == Rules({"a": P()})
     plan = Plan(data_parallel=DP("data"), fsdp=FSDP("fsdp"))
     assert plan.data_axes == ("data", "fsdp")

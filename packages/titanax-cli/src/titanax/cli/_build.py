@@ -125,6 +125,7 @@ def build_plan(plan: PlanConfig, *, mode: Mode) -> Plan:
             microbatches=p.microbatches,
             schedule=p.schedule,
             virtual_stages=p.virtual_stages,
+            activations=p.activations,
         )
     return Plan(
         data_parallel=None

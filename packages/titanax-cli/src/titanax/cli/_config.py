@@ -254,6 +254,8 @@ class PPConfig:
     microbatches: int = 4
     schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
     virtual_stages: int = 1
+    # "recompute": the backward runs the stage forward again; "stash": keep its residuals
+    activations: Literal["recompute", "stash"] = "recompute"
 
     def __post_init__(self) -> None:
         checks = _Checks()

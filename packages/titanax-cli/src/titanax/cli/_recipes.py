@@ -147,7 +147,7 @@ def _pp(
         return cross_entropy(gpt_head(rest, y, config=cfg), targets)
 
     value_and_grad = pipeline_value_and_grad(
-        pre, stage, post, mesh=mesh, schedule=table, axis=pp.axis
+        pre, stage, post, mesh=mesh, schedule=table, axis=pp.axis, activations=pp.activations
     )
 
     @step_fn

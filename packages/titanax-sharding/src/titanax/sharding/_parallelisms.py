@@ -17,6 +17,8 @@ __all__ = ["DP", "FSDP", "PP", "TP", "Schedule"]
 
 Schedule: TypeAlias = Literal["gpipe", "1f1b", "interleaved"]
 _SCHEDULES: tuple[Schedule, ...] = ("gpipe", "1f1b", "interleaved")
+Activations: TypeAlias = Literal["recompute", "stash"]
+_ACTIVATIONS: tuple[Activations, ...] = ("recompute", "stash")
 
 
 def _check_axis(record: str, axis: Any) -> None:
@@ -136,9 +138,15 @@ class PP:
       schedule: ``"gpipe"``, ``"1f1b"`` (default) or ``"interleaved"``.
       virtual_stages: model chunks per stage; ``> 1`` only with ``schedule="interleaved"``.
       stacked: globs naming the stacked-layer parameters (default ``("blocks/*",)``).
+      activations: what a stage keeps between a microbatch's forward and its backward:
+        ``"recompute"`` (default; the stage input only, the backward runs the stage forward
+        again) or ``"stash"`` (the forward's residuals; no recomputation, memory grows with the
+        microbatches in flight: ``m`` for GPipe, at most ``p`` for 1F1B). Passed to
+        ``titanax.pipeline.make_pipeline``.
 
     Raises:
-      ShardingError: a bad axis, counts below 1, an unknown schedule, ``virtual_stages > 1``
+      ShardingError: a bad axis, counts below 1, an unknown schedule or ``activations``,
+        ``virtual_stages > 1``
         without ``"interleaved"``, ``"interleaved"`` with ``virtual_stages < 2`` or
         ``microbatches`` not divisible by ``stages``, or empty/non-string ``stacked`` globs.
 
@@ -153,6 +161,7 @@ class PP:
     schedule: Schedule = "1f1b"
     virtual_stages: int = 1
     stacked: tuple[str, ...] = ("blocks/*",)
+    activations: Activations = "recompute"
 
     def __post_init__(self) -> None:
         _check_axis("PP", self.axis)
@@ -161,6 +170,12 @@ class PP:
         _check_int("PP", "virtual_stages", self.virtual_stages, minimum=1)
         if self.schedule not in _SCHEDULES:
             raise ShardingError(f"PP: schedule={self.schedule!r} is not one of {list(_SCHEDULES)}.")
+        if self.activations not in _ACTIVATIONS:
+            raise ShardingError(
+                f"PP: activations={self.activations!r} is not one of {list(_ACTIVATIONS)}: "
+                "'recompute' keeps each stage input and runs the stage forward again in the "
+                "backward; 'stash' keeps the forward's residuals."
+            )
         if self.virtual_stages > 1 and self.schedule != "interleaved":
             raise ShardingError(
                 f"PP: virtual_stages={self.virtual_stages} needs schedule='interleaved' (got "
