@@ -42,4 +42,4 @@ def test_error_shares_the_root() -> None:
 
 
 def test_version() -> None:
-    assert titanax.models.__version__ == "0.1.0"
+    assert titanax.models.__version__ == "0.2.0"
