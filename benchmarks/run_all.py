@@ -24,7 +24,7 @@ RESULTS = HERE / "results"
 
 # name -> (arguments sized for a 2-core CPU machine, time limit in seconds)
 BENCHMARKS: dict[str, tuple[list[str], int]] = {
-    "import_time": (["--repeats", "7"], 120),
+    "import_time": (["--repeats", "15"], 150),
     "engine_overhead": (["--steps", "10", "--rounds", "3"], 240),
     "communication": ([], 150),
     "memory": ([], 120),
