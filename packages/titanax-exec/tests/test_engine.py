@@ -462,7 +462,8 @@ class Store:
 class SendSignal:
     def on_log(self, step, metrics):
         if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(REPEATS):  # a repeat at once is the same request (timeout + uv run)
+                os.kill(os.getpid(), signal.SIGNUM)
 
 @step_fn
 def train_step(state, batch):
@@ -482,8 +483,29 @@ except TrainingInterrupted as err:
 """
 
 
-def test_sigterm_saves_and_stops() -> None:
+@pytest.mark.parametrize(("name", "repeats"), [("SIGTERM", 1), ("SIGINT", 2)])
+def test_a_signal_saves_and_stops(name: str, repeats: int) -> None:
     from titanax.testing import run_with_devices
 
-    out = run_with_devices(SIGNAL_SCRIPT, num_devices=2, timeout=180)
-    assert "STOPPED SIGTERM 2 [2]" in out.stdout, out.stdout + out.stderr
+    script = SIGNAL_SCRIPT.replace("REPEATS", str(repeats)).replace("SIGNUM", name)
+    out = run_with_devices(script, num_devices=2, timeout=180)
+    assert f"STOPPED {name} 2 [2]" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_second_signal_after_the_grace_period_interrupts_at_once() -> None:
+    import signal
+
+    from titanax.exec._signals import StopRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signal_name == "SIGINT"
+        signal.raise_signal(signal.SIGINT)  # within the grace period: the same request
+        assert stop.requested(at_log_point=False)
+        assert stop._first_at is not None
+        stop._first_at -= StopRequest.GRACE_SECONDS + 1.0
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # a real second Ctrl-C
+        assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is before
