@@ -94,10 +94,26 @@ def _fail(err: BaseException) -> NoReturn:
     if _DEBUG["on"]:
         console.print_exception(show_locals=False)
     if isinstance(err, KeyboardInterrupt):
-        console.print(
-            "[bold red]interrupted[/bold red] (a checkpoint of the current step was saved if "
-            "checkpoints are on; run the same command to resume)"
-        )
+        from titanax.exec import TrainingInterrupted
+
+        if isinstance(err, TrainingInterrupted):  # Engine.fit stopped cleanly between steps
+            head = f"[bold red]stopped[/bold red] by {err.signal_name} at step {err.step}: "
+            directory = getattr(err, "checkpoint_directory", "")  # set by `titanax run`
+            if directory is None:
+                console.print(
+                    head + "no checkpoint saved (checkpoint.enabled is false); a re-run starts "
+                    "from step 0"
+                )
+            else:
+                from rich.markup import escape
+
+                where = f" in {escape(directory)}" if directory else ""
+                console.print(head + f"checkpoint saved{where}; run the same command to resume")
+        else:  # a Ctrl-C outside the training loop's clean stop: nothing was saved now
+            console.print(
+                "[bold red]interrupted[/bold red] without saving; a re-run of the same command "
+                "resumes from the newest complete checkpoint (if any)"
+            )
         raise typer.Exit(130)
     from titanax.cli._errors import ConfigError
     from titanax.mesh import TitanaxError

@@ -7,6 +7,7 @@ temporaries, code), FLOPs, and every collective with its bytes, grouped per mesh
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 from titanax.cli._recipes import make_recipe
 from titanax.cli._session import Session
 
-__all__ = ["describe", "state_bytes_per_device"]
+__all__ = ["describe", "pipeline_line", "state_bytes_per_device"]
 
 
 _UNMAPPED = "(unmapped)"
@@ -40,6 +41,38 @@ def state_bytes_per_device(abstract: Any) -> dict[str, int]:
     return out
 
 
+def pipeline_line(plan: Any) -> str | None:
+    """One line with the pipeline settings of ``plan`` (a ``titanax.sharding.Plan``) and the
+    schedule's bubble fraction; ``None`` when the plan has no ``PP``.
+
+    Raises:
+      PipelineError: the PP settings do not form a valid schedule.
+    """
+    from titanax.pipeline import Schedule
+
+    pp = plan.pipeline_parallel
+    if pp is None:
+        return None
+    bubble = Schedule.from_pp(pp).bubble_fraction
+    return (
+        f"pipeline: schedule {pp.schedule}, {pp.stages} stages over axis {pp.axis!r}, "
+        f"{pp.microbatches} microbatches, {pp.virtual_stages} virtual stage(s) per device, "
+        f"activations {pp.activations}; bubble fraction {bubble:.1%}"
+    )
+
+
+def _layout(session: Session, params: Any) -> Any:
+    """The plan's layout of ``params``; paths placed by a ``PP.stacked`` glob count as matched.
+
+    ``Plan.layout`` (titanax-sharding 0.2) lists a leaf as unmatched when no Plan/TP rule
+    matched it, even when a PP stacked glob (``'blocks/*'``) placed it; those are dropped here.
+    """
+    layout = session.plan.layout(params, session.mesh)
+    stacked = {row.path for row in layout.rows if row.rule and row.rule.startswith("pp ")}
+    unmatched = tuple(path for path in layout.unmatched if path not in stacked)
+    return dataclasses.replace(layout, unmatched=unmatched)
+
+
 def describe(session: Session, console: Any) -> None:
     """Prints the mesh, the plan's layout table and the dry run of the training step.
 
@@ -58,6 +91,9 @@ def describe(session: Session, console: Any) -> None:
     )
     console.print(session.mesh_spec.describe(session.mesh), end="")
     console.print(session.model.summary)
+    line = pipeline_line(session.plan)
+    if line is not None:
+        console.print(line, markup=False)
     recipe = make_recipe(
         session.mode, session.model, plan=session.plan, mesh=session.mesh, schedule=session.schedule
     )
@@ -66,7 +102,7 @@ def describe(session: Session, console: Any) -> None:
     )
     rngs = {name: jax.random.key(1 + i) for i, name in enumerate(recipe.rngs)}
     abstract = engine.abstract_state(recipe.init, jax.random.key(0), rngs=rngs)
-    console.print(session.plan.describe(abstract.params, session.mesh), end="")
+    console.print(_layout(session, abstract.params).render(), end="")
     per_device = state_bytes_per_device(abstract)
     console.print(
         f"training state per device: parameters {_mib(per_device['params'])}, optimizer state "

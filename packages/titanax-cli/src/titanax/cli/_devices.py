@@ -22,13 +22,17 @@ def configure_devices(count: int | None) -> None:
       count: the number of CPU devices to simulate, or ``None`` for the devices JAX finds.
 
     Raises:
-      CLIError: ``count`` is not positive, or JAX already started with another device set (an
+      CLIError: ``count`` is not positive (``0`` is handled by the caller: the devices JAX
+        finds), or JAX already started with another device set (an
         embedding program ran JAX first) — the message says how to fix it.
     """
     if count is None:
         return
     if count < 1:
-        raise CLIError(f"--cpu-devices {count}: the device count must be a positive int.")
+        raise CLIError(
+            f"--cpu-devices {count}: the device count must be a non-negative int (N > 0: "
+            "simulate N CPU devices; 0: use the devices JAX finds)."
+        )
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["JAX_NUM_CPU_DEVICES"] = str(count)
     import jax

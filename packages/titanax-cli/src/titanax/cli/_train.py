@@ -22,13 +22,30 @@ import jax
 import numpy as np
 
 from titanax.cli._data import Splits, load_splits
+from titanax.cli._describe import pipeline_line
 from titanax.cli._errors import CLIError
 from titanax.cli._load import save_config
 from titanax.cli._recipes import Recipe, make_recipe
 from titanax.cli._session import Session
 from titanax.cli._sinks import make_sinks
+from titanax.exec import TrainingInterrupted
 
-__all__ = ["RunResult", "train"]
+__all__ = ["RunInterrupted", "RunResult", "train"]
+
+
+class RunInterrupted(TrainingInterrupted):
+    """``Engine.fit`` stopped on SIGINT/SIGTERM; says where (and whether) the CLI's run saved.
+
+    Attributes:
+      signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
+      step: the step training stopped at.
+      checkpoint_directory: where the checkpoint of ``step`` was saved; ``None`` when the run
+        has ``checkpoint.enabled: false`` (nothing was saved).
+    """
+
+    def __init__(self, signal_name: str, step: int, *, checkpoint_directory: str | None) -> None:
+        super().__init__(signal_name, step)
+        self.checkpoint_directory = checkpoint_directory
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -137,6 +154,9 @@ def train(session: Session, console: Any) -> RunResult:
         f"[bold]titanax run {session.mode}[/bold] {session.loaded.source} -> {run_dir}\n"
         f"devices: {session.devices}; mesh {sizes}\n{session.model.summary}"
     )
+    pipeline = pipeline_line(session.plan)
+    if pipeline is not None:
+        console.print(pipeline, markup=False)
     _make_directory(run_dir, "run.dir")
     if config.checkpoint.enabled and config.checkpoint.dir:
         _make_directory(pathlib.Path(config.checkpoint.dir).expanduser(), "checkpoint.dir")
@@ -203,18 +223,22 @@ def train(session: Session, console: Any) -> RunResult:
     if paths:
         console.print("metrics: " + ", ".join(paths))
     try:
-        state = engine.fit(
-            recipe.train_step,
-            loader,
-            steps=config.run.steps,
-            log_every=config.logging.log_every,
-            eval_step=recipe.eval_step if every else None,
-            eval_data=eval_data if every else None,
-            eval_every=every,
-            checkpoint_every=config.checkpoint.every,
-            flops_per_token=session.model.flops_per_token,
-            progress=config.logging.progress,
-        )
+        try:
+            state = engine.fit(
+                recipe.train_step,
+                loader,
+                steps=config.run.steps,
+                log_every=config.logging.log_every,
+                eval_step=recipe.eval_step if every else None,
+                eval_data=eval_data if every else None,
+                eval_every=every,
+                checkpoint_every=config.checkpoint.every,
+                flops_per_token=session.model.flops_per_token,
+                progress=config.logging.progress,
+            )
+        except TrainingInterrupted as err:  # fit saved (with a checkpointer) and stopped
+            directory = str(checkpoint.directory) if checkpoint is not None else None
+            raise RunInterrupted(err.signal_name, err.step, checkpoint_directory=directory) from err
         final_step = int(jax.device_get(state.step))
         if sinks.last_eval is not None and sinks.last_eval[0] == final_step:
             scores = {k.removeprefix("eval_"): v for k, v in sinks.last_eval[1].items()}
