@@ -484,18 +484,24 @@ def test_a_damaged_step_raises_checkpoint_error_naming_it(
             ckpt.save(step, state, metadata={})
     _corrupt(root)
     target = abstract(state, mesh)
-    damaged = r"step {} at .*ckpt/{} is damaged: {}.*Restore another complete step"
+    damaged = r"step {} at .*ckpt/{} is damaged: {}.*Move the directory away \(e\.g\. `mv "
     with OrbaxCheckpointer(root, keep=None) as ckpt:
         assert ckpt.all_steps() == [1, 2, 3, 4, 5, 6]  # committed, so listed
         bad_json = damaged.format(1, 1, r"its metadata file .*1/meta/metadata is not valid JSON")
-        with pytest.raises(CheckpointError, match=bad_json + r" \(others: \[2, 3, 4, 5, 6\]\)"):
+        with pytest.raises(CheckpointError, match=bad_json + r".*\(others: \[2, 3, 4, 5, 6\]\)"):
             ckpt.metadata(1)
         with pytest.raises(CheckpointError, match=bad_json) as info:
             ckpt.restore(1, target)
         assert isinstance(info.value.__cause__, json.JSONDecodeError)
         for call in (lambda: ckpt.restore(2, target), lambda: ckpt.restore(5, target)):
-            with pytest.raises(CheckpointError, match=r"is damaged: its arrays cannot be read "):
+            with pytest.raises(
+                CheckpointError, match=r"is damaged: its arrays cannot be read "
+            ) as e:
                 call()
+            # one readable line: no TensorStore spec dump
+            assert "TensorStore details" not in str(e.value), str(e.value)
+            assert "tensorstore_spec" not in str(e.value), str(e.value)
+            assert "\n" not in str(e.value)
         with pytest.raises(CheckpointError, match=r"is damaged: its array metadata cannot be"):
             ckpt.restore(2, target, partial=["a"])
         with pytest.raises(CheckpointError, match=damaged.format(5, 5, "its array metadata")):

@@ -120,7 +120,10 @@ def move_incomplete_aside(api: str, directory: pathlib.Path) -> list[str]:
 
 def _short(err: BaseException, limit: int = 300) -> str:
     """``Type: message`` of ``err`` on one line, without TensorStore's long spec dump."""
-    text = " ".join(str(err).split(" [tensorstore_spec=")[0].split())
+    text = str(err)
+    for marker in (" [tensorstore_spec=", "See full TensorStore details"):
+        text = text.split(marker)[0]
+    text = " ".join(text.split()).rstrip(" .;:(")
     text = text if len(text) <= limit else text[: limit - 3] + "..."
     return f"{type(err).__name__}: {text}"
 
@@ -142,6 +145,7 @@ def damaged_step_error(
     cause = f" ({_short(err)})" if err is not None else ""
     return CheckpointError(
         f"{api}: step {step_dir.name} at {step_dir} is damaged: {what}{cause}. The step was "
-        "committed, but its files were deleted, truncated or overwritten since. Restore "
-        f"another complete step (others: {complete}), or move the directory away."
+        "committed, but its files were deleted, truncated or overwritten since. Move the "
+        f"directory away (e.g. `mv {step_dir} {step_dir}.damaged`) and the newest other "
+        f"complete step is used (others: {complete}), or restore one of them explicitly."
     )
