@@ -145,7 +145,7 @@ def test_mnist_idx_problems(tmp_path: pathlib.Path) -> None:
     with pytest.raises(CLIError, match=r"data\.path .* \(mnist_idx\) is not a directory"):
         load_splits(config, MLPModel(), run_dir=tmp_path)
     config = DataConfig(source="mnist_idx", path=str(tmp_path))
-    with pytest.raises(CLIError, match=r"has no train-images-idx3-ubyte \(or .*\.gz\)"):
+    with pytest.raises(CLIError, match=r"has no train-images-idx3-ubyte \(nor their \.gz\)"):
         load_splits(config, MLPModel(), run_dir=tmp_path)
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01\x00")
     with pytest.raises(CLIError, match=r"is not an unsigned-byte IDX file"):

@@ -366,3 +366,44 @@ def test_validate_lists_schema_mesh_batch_and_layout_problems_together(
     assert paths == ["plan", "plan", "data.num_sampels", "run.stpes"]  # by line, then --set
     assert "path 'embed/embedding' with shape (33, 16): dim 0 has size 33" in lines[0]
     assert "path 'head/kernel' with shape (16, 33): dim 1 has size 33" in lines[1]
+
+
+def test_optimizer_kwargs_are_checked_with_a_learning_rate_problem(write_yaml: WriteYaml) -> None:
+    path = write_yaml(
+        "c.yaml",
+        BASE
+        + "optimizer: {name: adamw, schedule: {name: warmup_cosine_decay, kwargs: {init_value: "
+        "0.0, peak_value: 0.01, warmup_steps: 1, decay_steps: 4}}}\n",
+    )
+    lines = _problems(path, overrides=["optimizer.kwargs.betas=0.9", "optimizer.learning_rate=0.1"])
+    assert lines[0] == (
+        "--set optimizer.learning_rate=0.1: optimizer.learning_rate: 0.1 would be ignored: "
+        "optimizer.schedule (warmup_cosine_decay) gives the rate. Set the schedule's rate instead "
+        "(optimizer.schedule.kwargs, e.g. peak_value), or remove optimizer.schedule to train at "
+        "a constant learning_rate."
+    )
+    assert len(lines) == 2  # the optax argument list may grow with the optax version
+    assert lines[1].startswith(
+        "--set optimizer.kwargs.betas=0.9: optimizer.kwargs.betas: optax.adamw has no argument "
+        "'betas' (optax.adamw takes: b1, b2, eps, "
+    )
+
+
+def test_validate_checks_the_mnist_directory(write_yaml: WriteYaml, tmp_path: pathlib.Path) -> None:
+    text = (
+        "mesh: {axes: [data], shape: [-1]}\nplan: {dp: {axis: data}}\n"
+        "model: {kind: mlp, hidden: [16]}\ndata: {source: mnist_idx, path: /nonexistent}\n"
+    )
+    path = write_yaml("c.yaml", text)
+    lines = _problems(path, overrides=["data.batch_size=12"])
+    assert lines[0] == (
+        f"{path}:4: data.path: '/nonexistent' does not exist; source mnist_idx reads the MNIST "
+        "IDX files from this directory (relative paths are relative to the working directory)."
+    )
+    assert len(lines) == 2  # reported with the other problems
+    assert lines[1].startswith("--set data.batch_size=12: data.batch_size: 12 ")
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    (line,) = _problems(path, overrides=[f"data.path={tmp_path / 'idx'}"])
+    assert line.startswith(f"--set data.path={tmp_path / 'idx'}: data.path: data.source mnist_idx:")
+    assert "has no train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte" in line

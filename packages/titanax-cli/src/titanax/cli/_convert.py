@@ -26,7 +26,7 @@ from titanax.cli._config import Config
 from titanax.cli._errors import ConfigError, Problem
 from titanax.cli._yaml import UNRESOLVED, Locations, Path, format_path, locate
 
-__all__ = ["closest", "convert_config", "describe_type"]
+__all__ = ["closest", "convert_config", "convert_section", "describe_type"]
 
 _MISSING = object()
 
@@ -303,3 +303,14 @@ def convert_config(
     if converter.problems or len(sections) != len(fields):
         return None, sections, converter.problems
     return Config(**sections), sections, []
+
+
+def convert_section(name: str, value: Any, locations: Locations) -> Any | None:
+    """Converts one section of a config tree; ``None`` when it has problems (not reported).
+
+    For second looks at a section that did not convert: e.g. the optimizer's kwargs can still be
+    checked after the learning rate clashed with the schedule.
+    """
+    converter = _Converter(locations)
+    out = converter.convert(_hints(Config)[name], value, (name,))
+    return None if out is _MISSING or converter.problems else out

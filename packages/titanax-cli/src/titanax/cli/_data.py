@@ -30,7 +30,7 @@ import numpy as np
 from titanax.cli._config import DataConfig, ModelConfig, token_geometry
 from titanax.cli._errors import CLIError
 
-__all__ = ["Splits", "load_splits", "stdlib_files", "unigram_entropy"]
+__all__ = ["Splits", "load_splits", "mnist_problem", "stdlib_files", "unigram_entropy"]
 
 logger = logging.getLogger("titanax.cli")
 
@@ -237,7 +237,15 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
     return body.reshape(dims)
 
 
-def _find(directory: pathlib.Path, stem: str) -> pathlib.Path:
+_MNIST_STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _locate(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
     for name in (
         stem,
         stem.replace("-idx", ".idx"),
@@ -246,11 +254,39 @@ def _find(directory: pathlib.Path, stem: str) -> pathlib.Path:
     ):
         if (directory / name).is_file():
             return directory / name
-    raise CLIError(
-        f"data.source mnist_idx: {directory} has no {stem} (or {stem}.gz); it needs the four "
-        "standard files train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte "
-        "and t10k-labels-idx1-ubyte."
+    return None
+
+
+def _missing_message(directory: pathlib.Path, stems: list[str]) -> str:
+    return (
+        f"data.source mnist_idx: {directory} has no {', '.join(stems)} (nor their .gz); it needs "
+        "the four standard files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte."
     )
+
+
+def _find(directory: pathlib.Path, stem: str) -> pathlib.Path:
+    found = _locate(directory, stem)
+    if found is None:
+        raise CLIError(_missing_message(directory, [stem]))
+    return found
+
+
+def mnist_problem(path: str) -> str | None:
+    """What is wrong with ``data.path`` of the ``mnist_idx`` source (``None``: nothing).
+
+    Checks that the directory exists and holds the four MNIST IDX files (plain or ``.gz``)
+    without reading them; relative paths are relative to the working directory, as in ``run``.
+    """
+    directory = pathlib.Path(os.path.expanduser(path))
+    if not directory.is_dir():
+        what = "does not exist" if not directory.exists() else "is not a directory"
+        return (
+            f"{str(directory)!r} {what}; source mnist_idx reads the MNIST IDX files from this "
+            "directory (relative paths are relative to the working directory)."
+        )
+    missing = [stem for stem in _MNIST_STEMS if _locate(directory, stem) is None]
+    return _missing_message(directory, missing) if missing else None
 
 
 def _mnist(config: DataConfig) -> Splits:

@@ -160,6 +160,25 @@ def _section(problem: Any) -> str:
     return str(re.split(r"[.\[]", problem.path)[0])
 
 
+def _check_optimizer_kwargs(loaded: LoadedConfig, report: Any) -> None:
+    """Checks the optimizer's name and the optax kwargs of an optimizer section that did not
+    convert because of its own value checks (learning_rate vs schedule, clip_grad_norm), so that
+    all its problems are reported at once; only the name/kwargs/schedule problems are added."""
+    from titanax.cli import _build
+    from titanax.cli._convert import convert_section
+
+    raw = loaded.tree.get("optimizer")
+    if not isinstance(raw, dict):
+        return
+    trimmed = {k: v for k, v in raw.items() if k not in ("learning_rate", "clip_grad_norm")}
+    if isinstance(trimmed.get("kwargs"), dict):
+        trimmed["kwargs"] = {k: v for k, v in trimmed["kwargs"].items() if k != "learning_rate"}
+    section = convert_section("optimizer", trimmed, loaded.locations)
+    if section is None:
+        return
+    _build.build_optimizer(section, report)
+
+
 def _build_all(
     loaded: LoadedConfig, mode: Mode, problems: list[Any], static: Sequence[Any]
 ) -> dict[str, Any] | None:
@@ -208,6 +227,8 @@ def _build_all(
                 report.add(tuple(problem.path.split(".")), problem.message)
     if "optimizer" in sections:
         out["optimizer"], out["schedule"] = _build.build_optimizer(sections["optimizer"], report)
+    elif "optimizer" not in reported:
+        _check_optimizer_kwargs(loaded, report)
     if "precision" in sections and config is not None:
         try:
             out["precision"] = _build.build_precision(config)

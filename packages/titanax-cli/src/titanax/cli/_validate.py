@@ -318,6 +318,12 @@ def _path_problems(report: _Report, sections: Any) -> None:
         problem = directory_problem(path)
         if problem is not None:
             report.add(where, problem)
+    if data is not None and data.source == "mnist_idx" and data.path:
+        from titanax.cli._data import mnist_problem
+
+        problem = mnist_problem(data.path)
+        if problem is not None:
+            report.add(("data", "path"), problem)
 
 
 def static_problems(
