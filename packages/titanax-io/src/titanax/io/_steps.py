@@ -121,7 +121,7 @@ def move_incomplete_aside(api: str, directory: pathlib.Path) -> list[str]:
 def _short(err: BaseException, limit: int = 300) -> str:
     """``Type: message`` of ``err`` on one line, without TensorStore's long spec dump."""
     text = str(err)
-    for marker in (" [tensorstore_spec=", "See full TensorStore details"):
+    for marker in (" [tensorstore_spec", "See full TensorStore details"):
         text = text.split(marker)[0]
     text = " ".join(text.split()).rstrip(" .;:(")
     text = text if len(text) <= limit else text[: limit - 3] + "..."
