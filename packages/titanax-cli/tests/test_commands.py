@@ -190,13 +190,33 @@ def test_run_dp_writes_the_run_directory_and_resumes(tiny_dp: pathlib.Path) -> N
     assert not (root / "loss.svg").exists()
     code, out = _invoke("plot", str(root), "--keys", "nothing")
     assert code == 1
-    assert "SinkError: plot_metrics: none of ['nothing']" in out
+    assert (
+        f"CLIError: titanax plot {root}: none of --keys nothing was logged there (logged: " in out
+    )
+    assert ", eval_loss, " in out
+    assert "pass --keys with some of those, e.g. --keys loss." in out
+    assert "keys=" not in out
+
+    code, out = _invoke("ckpt", "inspect", str(root), "--step", "7")
+    assert code == 1
+    assert f"there is no step 7 in {root / 'checkpoints'}; complete steps: [1, 2, 3]." in out
+    (root / "checkpoints" / "7.orbax-checkpoint-tmp-1").mkdir()
+    code, out = _invoke("ckpt", "inspect", str(root), "--step", "7")
+    assert code == 1
+    assert "step 7 is not complete; complete steps: [1, 2, 3]" in out
 
 
 def test_run_mode_must_match_the_plan(tiny_dp: pathlib.Path) -> None:
     code, out = _invoke("run", "tp", "-c", str(tiny_dp), "--set", "plan.pp={}")
     assert code == 1
     assert "plan.pp: mode 'tp'" in out
+
+
+def test_plot_of_a_directory_without_metrics(tmp_path: pathlib.Path) -> None:
+    code, out = _invoke("plot", str(tmp_path))
+    assert code == 1
+    assert f"CLIError: titanax plot {tmp_path}: no metric rows found there" in out
+    assert "keys=" not in out
 
 
 def test_ckpt_inspect_of_nothing(tmp_path: pathlib.Path) -> None:

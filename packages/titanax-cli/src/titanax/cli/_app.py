@@ -305,12 +305,26 @@ def ckpt_inspect(
 
     import yaml
 
-    from titanax.io import inspect_checkpoint
+    from titanax.cli._errors import CLIError
+    from titanax.io import CheckpointError, inspect_checkpoint
 
     root = pathlib.Path(path)
     if (root / "checkpoints").is_dir():
         root = root / "checkpoints"
-    info = inspect_checkpoint(root, step=step)
+    try:
+        info = inspect_checkpoint(root, step=step)
+    except CheckpointError:
+        if step is None or not root.is_dir():
+            raise
+        # "not complete" is right for an entry of that step (temporary or unmarked), but a
+        # step with no directory at all is simply absent
+        if any(entry.name.split(".", 1)[0] == str(step) for entry in root.iterdir()):
+            raise
+        steps = list(inspect_checkpoint(root).steps)
+        raise CLIError(
+            f"titanax ckpt inspect {path}: there is no step {step} in {root}; complete steps: "
+            f"{steps}. Pass one of them to --step (or leave --step off for the latest)."
+        ) from None
     console = _console()
     console.print(info.describe(), end="", markup=False)
     meta = info.metadata
@@ -366,7 +380,8 @@ def plot(
     """Draw loss curves (training and validation) from a run's metric files into a PNG."""
     import pathlib
 
-    from titanax.io import plot_metrics
+    from titanax.cli._errors import CLIError
+    from titanax.io import plot_metrics, read_metrics
 
     root = pathlib.Path(run_dir)
     target = (
@@ -375,6 +390,20 @@ def plot(
         else (root if root.is_dir() else root.parent) / "loss.png"
     )
     names = [k.strip() for k in keys.split(",") if k.strip()]
+    series = read_metrics(root)  # SinkError when run_dir does not exist
+    logged = sorted(k for k, v in series.items() if v)
+    if not logged:
+        raise CLIError(
+            f"titanax plot {run_dir}: no metric rows found there (no .csv or .jsonl files with "
+            "steps); pass the run directory that `titanax run` wrote (run.dir), or one metrics "
+            "file."
+        )
+    if not any(k in logged for k in names):
+        example = next((k for k in ("loss", "eval_loss") if k in logged), logged[0])
+        raise CLIError(
+            f"titanax plot {run_dir}: none of --keys {','.join(names)} was logged there (logged: "
+            f"{', '.join(logged)}); pass --keys with some of those, e.g. --keys {example}."
+        )
     written = plot_metrics(root, target, keys=names)
     _console().print(f"wrote {written}")
 
