@@ -346,6 +346,16 @@ def test_describe_shows_rows_totals_and_unmatched(make_mesh) -> None:  # type: i
     assert as_dict["unmatched"] == ["other"]
 
 
+def test_parameters_placed_by_a_pp_stacked_glob_are_matched(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = make_mesh(("pipeline", "data"), (2, 4))
+    params = {"blocks": {"w": np.zeros((4, 8), np.float32)}, "embed": np.zeros((16, 8))}
+    plan = Plan(pipeline_parallel=PP("pipeline", stages=2, microbatches=2))
+    layout = plan.layout(params, mesh)
+    assert layout.unmatched == ("embed",)
+    (row,) = [r for r in layout.rows if r.path == "blocks/w"]
+    assert (row.rule, tuple(row.spec)) == ("pp 'blocks/*'", ("pipeline",))
+
+
 # -- serialization ----------------------------------------------------------------------------
 
 

@@ -7,7 +7,6 @@ temporaries, code), FLOPs, and every collective with its bytes, grouped per mesh
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -61,18 +60,6 @@ def pipeline_line(plan: Any) -> str | None:
     )
 
 
-def _layout(session: Session, params: Any) -> Any:
-    """The plan's layout of ``params``; paths placed by a ``PP.stacked`` glob count as matched.
-
-    ``Plan.layout`` (titanax-sharding 0.2) lists a leaf as unmatched when no Plan/TP rule
-    matched it, even when a PP stacked glob (``'blocks/*'``) placed it; those are dropped here.
-    """
-    layout = session.plan.layout(params, session.mesh)
-    stacked = {row.path for row in layout.rows if row.rule and row.rule.startswith("pp ")}
-    unmatched = tuple(path for path in layout.unmatched if path not in stacked)
-    return dataclasses.replace(layout, unmatched=unmatched)
-
-
 def describe(session: Session, console: Any) -> None:
     """Prints the mesh, the plan's layout table and the dry run of the training step.
 
@@ -102,7 +89,7 @@ def describe(session: Session, console: Any) -> None:
     )
     rngs = {name: jax.random.key(1 + i) for i, name in enumerate(recipe.rngs)}
     abstract = engine.abstract_state(recipe.init, jax.random.key(0), rngs=rngs)
-    console.print(_layout(session, abstract.params).render(), end="")
+    console.print(session.plan.layout(abstract.params, session.mesh).render(), end="")
     per_device = state_bytes_per_device(abstract)
     console.print(
         f"training state per device: parameters {_mib(per_device['params'])}, optimizer state "

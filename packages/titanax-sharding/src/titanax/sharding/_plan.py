@@ -229,6 +229,7 @@ class Plan:
         sources: list[str] = []
         pp = self.pipeline_parallel
         glob = self._stacked_glob(path)
+        stacked = pp is not None and glob is not None  # placed by a PP stacked glob: matched
         if pp is not None and glob is not None:
             entries[0] = pp.axis
             length = 1
@@ -271,7 +272,7 @@ class Plan:
             indivisible=self.indivisible,
         )
         if problems:
-            return _Leaf(path, shape, dtype, merged, None, found is not None), problems
+            return _Leaf(path, shape, dtype, merged, None, found is not None or stacked), problems
         fsdp = self.fsdp
         if (
             fsdp is not None
@@ -289,7 +290,7 @@ class Plan:
                 merged = PartitionSpec(*entries[: max(len(merged), dim + 1)])
                 sources.append("fsdp")
         rule = " + ".join(sources) if sources else None
-        return _Leaf(path, shape, dtype, merged, rule, found is not None), []
+        return _Leaf(path, shape, dtype, merged, rule, found is not None or stacked), []
 
     def _resolve(
         self, tree: Any, mesh: Mesh, *, api: str, optimizer: bool
